@@ -1,0 +1,123 @@
+"""Tracking methods for the benchmarks, behind one small interface.
+
+A *method* is a callable ``method(frames, first_mask) -> Iterator[np.ndarray]``:
+
+- ``frames``: a lazy ``Sequence`` of RGB uint8 frames of shape (height, width, 3); reading
+  ``frames[i]`` decodes frame ``i`` (so read each frame once, in order);
+- ``first_mask``: the object's boolean (height, width) mask on frame 0 (the prompt);
+- it yields one boolean (height, width) mask per frame, frame 0 included, in order.
+
+Methods are registered in :data:`METHODS` under a short key (``--methods copy,dis,vidseg``).
+This module imports only numpy and OpenCV; a method that needs more imports it lazily, inside
+the method, so that the harness runs whatever else is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Method = Callable[[Sequence[np.ndarray], np.ndarray], Iterator[np.ndarray]]
+
+
+class MethodUnavailable(RuntimeError):
+    """A method cannot run here (its engine or weights are missing)."""
+
+
+def copy_first_mask(frames: Sequence[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
+    """Baseline: the first-frame mask on every frame (frames are still read, as any method
+    would, so that its timing includes decoding)."""
+    mask = np.asarray(first_mask, dtype=bool)
+    for _ in frames:
+        yield mask.copy()
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def dis_flow_warp(frames: Sequence[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
+    """Baseline: warp the previous mask with OpenCV's DIS optical flow (medium preset).
+
+    For each frame, the backward flow from the current grey frame to the previous one tells
+    where each current pixel was; ``cv2.remap`` pulls the previous (binary) mask from there,
+    bilinearly, and the result is thresholded at 0.5.
+    """
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    mask = np.asarray(first_mask, dtype=bool)
+    frame_iter = iter(frames)
+    previous = _grey(next(frame_iter))
+    height, width = previous.shape
+    grid_x, grid_y = np.meshgrid(
+        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    )
+    yield mask.copy()
+    for frame in frame_iter:
+        current = _grey(frame)
+        flow = dis.calc(current, previous, None)
+        warped = cv2.remap(
+            mask.astype(np.float32),
+            grid_x + flow[..., 0],
+            grid_y + flow[..., 1],
+            interpolation=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        mask = warped > 0.5
+        previous = current
+        yield mask.copy()
+
+
+# --- the vidseg engine -------------------------------------------------------------------------
+# ENGINE OWNER: this is the registration point. Fill in both functions below:
+#  - `vidseg_engine_unavailable()` returns None once the engine can run (or a one-line reason,
+#    e.g. weights missing), so that `--methods` picks it by default when it can run;
+#  - `vidseg_engine_method()` tracks `first_mask` through `frames`, yielding one bool mask per
+#    frame (frame 0 included). Import vidseg's engine *inside* the functions (lazily).
+# The harness runs it in its own subprocess and measures time and memory around it.
+
+
+def vidseg_engine_unavailable() -> str | None:
+    """Why the vidseg engine method cannot run now; None when it can."""
+    return "not wired in yet: fill in vidseg_engine_method() in benchmarks/baselines.py"
+
+
+def vidseg_engine_method(
+    frames: Sequence[np.ndarray], first_mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Track with vidseg's built-in engine, prompted with the first-frame mask."""
+    reason = vidseg_engine_unavailable()
+    if reason:
+        raise MethodUnavailable(f"vidseg engine: {reason}")
+    raise NotImplementedError  # pragma: no cover - replaced by the engine owner
+    yield  # makes this a generator, like the other methods
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    key: str  # what --methods takes
+    name: str  # what tables print
+    run: Method
+    description: str
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.key: spec
+    for spec in (
+        MethodSpec("copy", "copy_first_mask", copy_first_mask, "first-frame mask everywhere"),
+        MethodSpec(
+            "dis", "dis_flow_warp", dis_flow_warp, "previous mask warped by DIS flow (medium)"
+        ),
+        MethodSpec(
+            "vidseg",
+            "vidseg",
+            vidseg_engine_method,
+            "vidseg built-in engine",
+            vidseg_engine_unavailable,
+        ),
+    )
+}

@@ -1,0 +1,125 @@
+"""Helpers shared by the benchmark scripts: where the data is, a lazy JPEG-folder reader, the
+machine description, and the replacement of a delimited section of docs/BENCHMARKS.md.
+
+This module imports nothing from vidseg, so that it can be loaded on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DAVIS = REPO_ROOT / ".." / "shared" / "data" / "davis2016"
+BENCHMARKS_MD = REPO_ROOT / "docs" / "BENCHMARKS.md"
+
+
+class JpegFrames(Sequence):
+    """A lazy, random-access sequence of the RGB uint8 frames of a folder of JPEGs (sorted by
+    name), optionally cut to its first ``max_frames``. ``read_seconds`` adds up the time spent
+    reading and decoding, so that a benchmark can tell it from the method's own time.
+
+    (A stand-in until ``vidseg.io.open_frames`` reads frame folders.)
+    """
+
+    def __init__(self, folder: str | Path, max_frames: int | None = None) -> None:
+        self.folder = Path(folder)
+        paths = sorted(
+            p for p in self.folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )
+        if not paths:
+            raise FileNotFoundError(f"no JPEG frames in {self.folder}")
+        self.paths = paths[:max_frames] if max_frames else paths
+        self.read_seconds = 0.0
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start = time.perf_counter()
+        bgr = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise OSError(f"cannot read frame {self.paths[index]}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        self.read_seconds += time.perf_counter() - start
+        self.reads += 1
+        return rgb
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def read_sequence_list(davis_root: Path, split: str = "val") -> list[str]:
+    """The sequence names of ``ImageSets/2016/<split>.txt``."""
+    path = davis_root / "ImageSets" / "2016" / f"{split}.txt"
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_description() -> dict[str, str]:
+    """What the figures were measured on."""
+    info = {
+        "cpu": cpu_model(),
+        "cpu count": str(os.cpu_count()),
+        "usable cpus": str(len(os.sched_getaffinity(0)))
+        if hasattr(os, "sched_getaffinity")
+        else "?",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": f"{cv2.__version__} ({cv2.getNumThreads()} threads)",
+    }
+    try:
+        import torch
+
+        info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:  # pragma: no cover
+        info["torch"] = "not installed"
+    return info
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """Replace what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->`` with
+    ``body``, keeping everything else; append the delimited section when there is none."""
+    begin, end = section_markers(name)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section, text, count=1)
+    if begin in text or end in text:
+        raise ValueError(f"only one of {begin} / {end} found: fix the file by hand")
+    if not text.strip():
+        return section + "\n"
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write_section(path: str | Path, name: str, body: str, title: str = "# Benchmarks") -> None:
+    """Write ``body`` into the named section of a Markdown file, creating the file if needed."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else f"{title}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(text, name, body))
