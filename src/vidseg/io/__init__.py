@@ -10,6 +10,18 @@ and numpy arrays.
 (48, 64, 3)
 """
 
-from vidseg.io.frame_source import FrameSource, VideoInfo, open_frames
+from vidseg.io.array_source import ArrayFrameSource
+from vidseg.io.base import FrameSource, FrameSourceBase, VideoInfo
+from vidseg.io.frame_folder import FrameFolderSource
+from vidseg.io.frame_source import open_frames
+from vidseg.io.video_file import VideoFileSource
 
-__all__ = ["FrameSource", "VideoInfo", "open_frames"]
+__all__ = [
+    "ArrayFrameSource",
+    "FrameFolderSource",
+    "FrameSource",
+    "FrameSourceBase",
+    "VideoFileSource",
+    "VideoInfo",
+    "open_frames",
+]
