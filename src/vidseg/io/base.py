@@ -14,11 +14,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from vidseg.errors import FrameIndexError
+
+_Source = TypeVar("_Source")
 
 DEFAULT_FPS = 24.0
 """Frame rate reported for inputs that carry none (frame folders, arrays)."""
@@ -48,6 +50,8 @@ class VideoInfo:
 class FrameSource(Protocol):
     """A random-access sequence of RGB uint8 frames of shape (height, width, 3).
 
+    Sources are context managers: leaving the ``with`` block closes them.
+
     Indexing accepts ``0 <= i < len(source)`` and, like a list, negative indices from the end;
     any other index raises :class:`vidseg.errors.FrameIndexError`. Every frame returned is a
     fresh array that the caller may modify.
@@ -62,6 +66,15 @@ class FrameSource(Protocol):
     def __iter__(self) -> Iterator[np.ndarray]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self: _Source) -> _Source: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
 
 class FrameSourceBase(ABC):
@@ -114,7 +127,7 @@ class FrameSourceBase(ABC):
             self._closed = True
             self._release()
 
-    def __enter__(self) -> FrameSourceBase:
+    def __enter__(self: _Source) -> _Source:
         return self
 
     def __exit__(

@@ -409,7 +409,11 @@ class VideoFileSource(FrameSourceBase):
         self._stream = self._container.streams.video[0]
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        # The colour matrix comes from the frame by default, but its range must be passed:
+        # full-range footage (phones, MJPEG) would otherwise come out with clipped contrast.
+        rgb = self._reformatter.reformat(
+            frame, format="rgb24", src_color_range=frame.color_range or None
+        ).to_ndarray()
         if self._rotation:
             # np.rot90 turns counterclockwise for positive k.
             rgb = np.ascontiguousarray(np.rot90(rgb, k=-(self._rotation // 90)))
