@@ -94,6 +94,10 @@ OTHER_FORMATS = [
     ("clip.webm", "libvpx", {"g": "12", "deadline": "realtime", "cpu-used": "8", "b": "2M"}),
     ("clip.avi", "mjpeg", {"q:v": "2"}),
     ("clip.mov", "mpeg4", {"g": "12", "bf": "2", "qscale": "2"}),
+    # AVI stores no presentation timestamps: with B-frames FFmpeg's guesses are out of order,
+    # and frames must be numbered by counting instead.
+    ("bframes.avi", "libx264", H264),
+    ("clip.ts", "libx264", H264),
 ]
 
 

@@ -31,11 +31,11 @@ How frames are found, in short:
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -52,6 +52,9 @@ CACHE_BUDGET_BYTES = 256 * 2**20
 MAX_CACHED_FRAMES = 32
 MIN_CACHED_FRAMES = 4
 
+TIMESTAMP_CHECK_FRAMES = 8
+"""Frames decoded on opening to check that timestamps follow display order."""
+
 SEEK_COST_IN_FRAMES = 8
 """A seek (flush the decoder, re-read, decode the keyframe) costs about as much as decoding this
 many frames, so the reader keeps decoding forward rather than seek for shorter jumps."""
@@ -65,7 +68,11 @@ _FIX_HINT = (
 )
 
 
-@dataclass(frozen=True)
+class _TimestampsOutOfOrder(Exception):
+    """Decoded frames came out of timestamp order: the timestamps cannot number them."""
+
+
+@dataclasses.dataclass(frozen=True)
 class PacketIndex:
     """Where each frame of a video stream lies, learnt by demuxing without decoding.
 
@@ -249,6 +256,12 @@ class VideoFileSource(FrameSourceBase):
             MAX_CACHED_FRAMES, max(MIN_CACHED_FRAMES, CACHE_BUDGET_BYTES // frame_bytes)
         )
         self._remember(first_index, self._to_rgb(first_frame))
+        try:
+            # Decoding the first few frames shows whether the timestamps follow display order.
+            self._decode_forward_to(min(TIMESTAMP_CHECK_FRAMES, self._num_frames - 1))
+        except _TimestampsOutOfOrder:
+            self._stop_trusting_timestamps()
+            self._decode(0)  # frame 0 again, numbered by counting this time
 
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
         self.info = VideoInfo(
@@ -318,12 +331,16 @@ class VideoFileSource(FrameSourceBase):
         # seek landed after it, or the frames before it in an open GOP refer further back),
         # starting one keyframe earlier settles it.
         starts.extend(keyframes[max(position - 1, 0) : position + 1][::-1])
-        for start in starts:
-            if start is not None:
-                self._seek(start)
-            frame = self._decode_forward_to(index)
-            if frame is not None:
-                return frame
+        try:
+            for start in starts:
+                if start is not None:
+                    self._seek(start)
+                frame = self._decode_forward_to(index)
+                if frame is not None:
+                    return frame
+        except _TimestampsOutOfOrder:
+            self._stop_trusting_timestamps()
+            return self._decode(index)
         self._undecodable.add(index)
         raise self._undecodable_error(index)
 
@@ -352,6 +369,7 @@ class VideoFileSource(FrameSourceBase):
         """Decode from the container's current position, yielding (frame index, frame)."""
         frame_pts = self._index.frame_pts
         counted = 0  # for streams whose timestamps are unusable, which always start at frame 0
+        previous_index = -1
         packets = self._container.demux(self._stream)
         while True:
             try:
@@ -376,6 +394,9 @@ class VideoFileSource(FrameSourceBase):
                     frame_index = bisect.bisect_left(frame_pts, frame.pts)
                     if frame_index == len(frame_pts) or frame_pts[frame_index] != frame.pts:
                         continue  # a frame the demuxer never saw: it cannot be numbered
+                    if frame_index <= previous_index:
+                        raise _TimestampsOutOfOrder
+                    previous_index = frame_index
                 if frame_index < self._num_frames:
                     yield frame_index, frame
             if packet is None:
@@ -392,6 +413,19 @@ class VideoFileSource(FrameSourceBase):
         else:
             self._rewind()
         self._frames = self._decoded_frames()
+        self._last_index = -1
+
+    def _stop_trusting_timestamps(self) -> None:
+        """Number frames by counting them from the start, forgetting what was read by pts."""
+        _log.info(
+            "'%s': decoded frames come out of timestamp order (as with B-frames in AVI); "
+            "numbering them by counting, so random access will decode from the start",
+            self.path,
+        )
+        self._index = dataclasses.replace(self._index, frame_pts=None, keyframes=[0])
+        self._cache.clear()  # frames numbered by the bad timestamps may sit in the wrong slots
+        self._undecodable.clear()
+        self._frames = None
         self._last_index = -1
 
     def _rewind(self) -> None:
