@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int("--max-frames"),
         help="visit at most N frames in each direction, the start frame included",
     )
+    tracking.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int("--threads"),
+        help="CPU threads for the engine (default: torch's choice, one per core); fewer can "
+        "be much faster on a machine busy with other work",
+    )
     tracking.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     tracking.add_argument(
         "--timings", action="store_true", help="print how long each stage took (to stderr)"
@@ -134,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of frames to render",
     )
     demo.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    demo.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int("--threads"),
+        help="CPU threads for the engine (default: torch's choice)",
+    )
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo)
 
@@ -167,7 +180,7 @@ def _frame_index(option: str):
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from vidseg.cli.tracking import TimedFrames, run_tracking
+    from vidseg.cli.tracking import TimedFrames, run_tracking, set_threads
     from vidseg.io import open_frames
     from vidseg.session import TrackingSession
 
@@ -180,6 +193,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     with frames:
         opened = time.perf_counter()
         session = TrackingSession(frames)
+        if args.threads is not None:
+            set_threads(args.threads)
         loaded = time.perf_counter()
         if args.start is not None and args.start >= session.num_frames:
             raise VidsegError(
@@ -245,6 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.out,
         num_frames=args.frames or DEFAULT_NUM_FRAMES,
         seed=args.seed,
+        threads=args.threads,
         progress=not args.quiet,
     )
     print(report.to_text())

@@ -88,8 +88,8 @@ def parse_prompt(kind: str, raw: str, obj_id: int = 1, obj_explicit: bool = Fals
         head, sep, tail = raw.rpartition("@")
         if sep and tail.strip().isdigit():
             path_text, frame = head, int(tail)
-        elif sep and not Path(raw).exists():
-            raise bad
+        elif sep and not tail.strip():
+            raise bad  # "mask.png@": the frame is missing
         if not path_text.strip():
             raise bad
         return PromptSpec(kind, raw, obj_id, obj_explicit, frame, path=Path(path_text))

@@ -31,6 +31,13 @@ from vidseg.outputs import CocoRleWriter, OverlayVideoWriter, PaletteMaskWriter
 from vidseg.session import Direction, TrackingSession
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for the engine's tensor work (torch intra-op threads)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 class TimedFrames:
     """A :class:`~vidseg.io.FrameSource` that passes reads through and adds up their time."""
 

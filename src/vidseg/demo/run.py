@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidseg.cli.tracking import TimedFrames, TrackingStats, run_tracking
+from vidseg.cli.tracking import TimedFrames, TrackingStats, run_tracking, set_threads
 from vidseg.demo.synthetic import render_synthetic_video, write_mp4
 from vidseg.engines.base import Engine
 from vidseg.evaluation import EvaluationReport, evaluate_directories
@@ -107,12 +107,13 @@ def run_demo(
     seed: int = 0,
     box_object: int | None = DEFAULT_BOX_OBJECT,
     engine: Engine | None = None,
+    threads: int | None = None,
     progress: bool = True,
 ) -> DemoReport:
     """Render, write, track, write every output, and score; see the module docstring.
 
     ``box_object`` is the object prompted with a box (``None``: every object gets its mask).
-    ``engine`` defaults to the built-in one.
+    ``engine`` defaults to the built-in one; ``threads`` sets its CPU threads.
     """
     began = time.perf_counter()
     out = Path(out_dir)
@@ -131,6 +132,8 @@ def run_demo(
 
     with TimedFrames(open_frames(files["video"])) as frames:
         session = TrackingSession(frames, engine)
+        if threads is not None:
+            set_threads(threads)
         prompts: dict[int, str] = {}
         prompt_iou: dict[int, float] = {}
         for obj_id in video.object_ids:
