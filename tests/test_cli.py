@@ -186,6 +186,22 @@ def test_track_backward_from_the_last_frame(short_clip, tmp_path: Path) -> None:
         assert sum(1 for _ in container.decode(video=0)) == SHORT
 
 
+def test_track_forward_streams_the_overlay(short_clip, tmp_path: Path) -> None:
+    _, labels, path = short_clip
+    box = bounding_box(labels[0] == 2)
+    x1, y1 = (int(v) for v in box.split(",")[:2])
+    out, overlay = tmp_path / "masks", tmp_path / "overlay.mp4"
+    code, stdout, stderr = run_cli(
+        "track", path, "--obj", "2", "--box", box, "--neg", f"{x1},{y1}",
+        "--direction", "forward", "--out", out, "--overlay", overlay,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert len(list(out.iterdir())) == SHORT and "1 object over" in stdout
+    assert set(np.unique(read_png(out / "00000.png")).tolist()) == {0, 2}
+    with av.open(str(overlay)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == SHORT
+
+
 def test_track_frame_folder_names_masks_after_frames(clip, tmp_path: Path) -> None:
     video, _ = clip
     frames = tmp_path / "frames"
@@ -306,6 +322,24 @@ def test_track_bad_input(bad_inputs, case: str, tmp_path: Path) -> None:
     else:
         assert not out.exists()
     assert hidden_leftovers(tmp_path) == [] and hidden_leftovers(folder) == []
+
+
+def test_outputs_never_overwrite_the_input(clip, tmp_path: Path) -> None:
+    video, path = clip
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        Image.fromarray(video.frames[i]).save(frames / f"{i}.png")
+    code, _, stderr = run_cli("track", frames, "--point", "5,5", "--out", frames)
+    assert code == 1 and "would overwrite the input" in stderr
+    assert sorted(p.name for p in frames.iterdir()) == ["0.png", "1.png"]
+    code, _, stderr = run_cli("track", path, "--point", "5,5", "--out", tmp_path / "m",
+                              "--overlay", path)  # fmt: skip
+    assert code == 1 and "--overlay" in stderr and path.stat().st_size > 0
+    code, _, stderr = run_cli("track", path, "--point", "5,5", "--out", tmp_path / "m",
+                              "--coco", tmp_path / "x", "--overlay", tmp_path / "x")  # fmt: skip
+    assert code == 1 and "both name" in stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_start_past_the_end(clip, tmp_path: Path) -> None:

@@ -188,6 +188,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise UsageError(
             "no prompt given: say what to track with --mask, --point or --box (e.g. --point 120,80)"
         )
+    _check_outputs_spare_input(args)
     started = time.perf_counter()
     frames = TimedFrames(open_frames(args.video))
     with frames:
@@ -226,6 +227,30 @@ def cmd_track(args: argparse.Namespace) -> int:
         print(f"prompts: {described}", file=sys.stderr)
         print(stats.timings(), file=sys.stderr)
     return 0
+
+
+def _check_outputs_spare_input(args: argparse.Namespace) -> None:
+    """Refuse outputs that would overwrite the input (a folder of PNG frames is exactly what
+    the mask writer may replace) or each other."""
+    from vidseg.errors import OutputError
+
+    video = Path(args.video).expanduser().resolve()
+    named = [("--out", args.out), ("--coco", args.coco), ("--overlay", args.overlay)]
+    seen: dict[Path, str] = {}
+    for option, path in named:
+        if path is None:
+            continue
+        resolved = path.expanduser().resolve()
+        if resolved == video or resolved in video.parents:
+            raise OutputError(
+                f"{option} '{path}' would overwrite the input '{args.video}': write the "
+                "outputs somewhere else"
+            )
+        if resolved in seen:
+            raise OutputError(
+                f"{option} and {seen[resolved]} both name '{path}': give each output its own name"
+            )
+        seen[resolved] = option
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
