@@ -319,12 +319,6 @@ def test_clear_true_forgets_the_earlier_clicks(session: TrackingSession) -> None
     assert mask[40, 40]
 
 
-@pytest.mark.xfail(
-    reason="session bug: add_points(clear=True) drops the earlier clicks from the prompt but "
-    "still hands the mask they made to the engine as `previous`, so the new mask keeps the "
-    "region of the clicks that were meant to be cleared",
-    strict=True,
-)
 def test_clear_true_starts_over_from_no_mask(session: TrackingSession, engine: FakeEngine) -> None:
     session.add_points(2, 1, [[12, 8]])
     mask = session.add_points(2, 1, [[40, 40]], clear=True)
@@ -426,12 +420,6 @@ def test_overlapping_predictions_go_to_the_most_probable_object(
         assert (result.masks[1] == (predicted_1 & ~predicted_2)).all()
 
 
-@pytest.mark.xfail(
-    reason="session bug (minor): where two objects' prompts overlap on a frame, the results "
-    "on that frame keep both masks overlapping (each prompt wins, so neither does); "
-    "FrameResult.label_map() then settles the pixels by object id order",
-    strict=True,
-)
 def test_overlapping_prompts_give_disjoint_results(session: TrackingSession) -> None:
     block = np.zeros((HEIGHT, WIDTH), dtype=bool)
     block[10:30, 10:30] = True
@@ -496,12 +484,6 @@ def test_point_outside_the_frame(session: TrackingSession) -> None:
     assert session.object_ids == []
 
 
-@pytest.mark.xfail(
-    reason="session bug: add_box checks the far corner (x2, y2) like a pixel, so a box that "
-    "reaches the right or bottom edge (x2 == width, the natural end of a box around an object "
-    "touching the border) is refused as outside the frame",
-    strict=True,
-)
 def test_box_reaching_the_frame_edge_is_accepted(session: TrackingSession) -> None:
     mask = session.add_box(0, 1, (WIDTH - 10, HEIGHT - 10, WIDTH, HEIGHT))
     assert mask[HEIGHT - 1, WIDTH - 1]
@@ -513,11 +495,6 @@ def test_mask_of_the_wrong_size(session: TrackingSession) -> None:
     assert session.object_ids == []
 
 
-@pytest.mark.xfail(
-    reason="session bug: a (height, width, 3) mask is refused with the message 'mask is "
-    "64x48 but the video is 64x48', which reads as if the sizes matched",
-    strict=True,
-)
 def test_colour_mask_error_names_the_extra_dimension(session: TrackingSession) -> None:
     with pytest.raises(PromptError) as error:
         session.add_mask(0, 1, np.ones((HEIGHT, WIDTH, 3), dtype=bool))

@@ -34,7 +34,11 @@ class Tracker(Protocol):
     """The state of one propagation pass over a video (its memory bank)."""
 
     def remember(
-        self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], *,
+        self,
+        frame_index: int,
+        frame: np.ndarray,
+        masks: Mapping[int, np.ndarray],
+        *,
         prompted: bool,
     ) -> None:
         """Store a frame with its final masks (boolean, full resolution) in memory.

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from vidseg.errors import FrameIndexError, PromptError, UnknownObjectError
 from vidseg.io import FrameSource, VideoInfo, open_frames
+from vidseg.outputs.coco_rle import decode_rle, encode_rle
 from vidseg.session.prompts import ObjectPrompt
 from vidseg.session.results import FrameResult
 
@@ -85,7 +85,7 @@ class TrackingSession:
         if obj_id in self._prompt_masks.get(frame_index, {}):
             return self._prompt_masks[frame_index][obj_id]
         rle = self._results.get(frame_index, {}).get(obj_id)
-        return None if rle is None else mask_utils.decode(rle).astype(bool)
+        return None if rle is None else decode_rle(rle)
 
     # -- prompts ------------------------------------------------------------------------------
     def add_points(
@@ -104,7 +104,8 @@ class TrackingSession:
         """
         points_array = self._check_points(points)
         labels_array = (
-            np.ones(len(points_array), dtype=np.int64) if labels is None
+            np.ones(len(points_array), dtype=np.int64)
+            if labels is None
             else np.asarray(labels, dtype=np.int64).reshape(-1)
         )
         if len(labels_array) != len(points_array):
@@ -129,7 +130,7 @@ class TrackingSession:
                     f"object {obj_id} has only negative clicks on frame {frame_index}: add a "
                     "positive click (label 1) on the object first"
                 )
-        return self._set_prompt(frame_index, obj_id, prompt)
+        return self._set_prompt(frame_index, obj_id, prompt, refine_current=not clear)
 
     def add_box(
         self, frame_index: int, obj_id: int, box: Sequence[float] | np.ndarray
@@ -140,10 +141,16 @@ class TrackingSession:
         if box_array.shape != (4,):
             raise PromptError("a box is 4 numbers: x1,y1,x2,y2 (pixels)")
         x1, y1, x2, y2 = box_array
-        self._check_points([[x1, y1], [x2, y2]])
+        width, height = self.info.width, self.info.height
+        if not (0 <= x1 <= width and 0 <= x2 <= width and 0 <= y1 <= height and 0 <= y2 <= height):
+            raise PromptError(
+                f"box {x1:g},{y1:g},{x2:g},{y2:g} reaches outside the {width}x{height} frame: "
+                f"x must be in 0..{width} and y in 0..{height}"
+            )
         if x2 <= x1 or y2 <= y1:
             raise PromptError(
-                f"box {x1:g},{y1:g},{x2:g},{y2:g} is empty: give x1,y1,x2,y2 with x2 > x1 and y2 > y1"
+                f"box {x1:g},{y1:g},{x2:g},{y2:g} is empty: give x1,y1,x2,y2 with x2 > x1 "
+                "and y2 > y1"
             )
         return self._set_prompt(frame_index, obj_id, ObjectPrompt(box=box_array))
 
@@ -152,10 +159,15 @@ class TrackingSession:
         prompts for it on this frame. Returns the mask."""
         mask = np.asarray(mask)
         expected = (self.info.height, self.info.width)
+        if mask.ndim != 2:
+            raise PromptError(
+                f"mask has shape {mask.shape}: give a 2-D (height, width) mask of one object, "
+                "not an image with channels"
+            )
         if mask.shape != expected:
             raise PromptError(
-                f"mask is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]} but the video "
-                f"is {expected[1]}x{expected[0]}: give a mask of the video's size"
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but the video is "
+                f"{expected[1]}x{expected[0]}: give a mask of the video's size"
             )
         mask = mask.astype(bool)
         if not mask.any():
@@ -225,7 +237,11 @@ class TrackingSession:
             )
         self._check_frame(start_frame)
         if direction in ("forward", "both"):
-            end = self.num_frames if max_frames is None else min(self.num_frames, start_frame + max_frames)
+            end = (
+                self.num_frames
+                if max_frames is None
+                else min(self.num_frames, start_frame + max_frames)
+            )
             yield from self._propagate_pass(range(start_frame, end))
         if direction in ("backward", "both"):
             # Going both ways, the forward pass has already yielded the start frame.
@@ -238,7 +254,9 @@ class TrackingSession:
         tracker = self.engine.new_tracker(self.info)
         for frame_index in self.prompted_frames:
             tracker.remember(
-                frame_index, self.frames[frame_index], self._prompt_masks[frame_index],
+                frame_index,
+                self.frames[frame_index],
+                self._prompt_masks[frame_index],
                 prompted=True,
             )
         for frame_index in frame_indices:
@@ -246,10 +264,8 @@ class TrackingSession:
             predictions = tracker.predict(frame_index, frame)
             masks, scores = self._final_masks(frame_index, predictions)
             tracker.remember(frame_index, frame, masks, prompted=False)
-            self._results[frame_index] = {
-                obj: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                for obj, m in masks.items()
-            }
+            # Kept as RLE: a few KB per frame, so long videos stay cheap to hold.
+            self._results[frame_index] = {obj: encode_rle(m) for obj, m in masks.items()}
             self._scores[frame_index] = scores
             yield FrameResult(frame_index, masks, scores)
 
@@ -272,26 +288,30 @@ class TrackingSession:
             scores[obj] = 0.0 if prediction is None else prediction.presence
         best = probabilities.argmax(0)
         confident = probabilities.max(0) >= 0.5
-        taken = np.zeros((height, width), dtype=bool)
-        for obj, mask in prompted.items():
-            taken |= mask
         masks = {}
+        taken = np.zeros((height, width), dtype=bool)
+        # Prompts claim their pixels first; where two overlap, the one given last wins.
+        for obj in reversed(list(prompted)):
+            masks[obj], scores[obj] = prompted[obj] & ~taken, 1.0
+            taken |= prompted[obj]
         for row, obj in enumerate(object_ids):
-            if obj in prompted:
-                masks[obj], scores[obj] = prompted[obj], 1.0
-            else:
+            if obj not in prompted:
                 masks[obj] = (best == row) & confident & ~taken
-        return masks, scores
+        return {obj: masks[obj] for obj in object_ids}, scores
 
     # -- helpers ------------------------------------------------------------------------------
-    def _set_prompt(self, frame_index: int, obj_id: int, prompt: ObjectPrompt) -> np.ndarray:
+    def _set_prompt(
+        self, frame_index: int, obj_id: int, prompt: ObjectPrompt, refine_current: bool = False
+    ) -> np.ndarray:
+        """Store a prompt and what it resolves to. With ``refine_current``, clicks refine the
+        object's current mask on the frame (a correction) rather than start from nothing."""
         self._check_frame(frame_index)
         self._check_object_id(obj_id)
         if prompt.mask is not None:
             mask = prompt.mask
         else:
             frame = self.frames[frame_index]
-            previous = self.mask(frame_index, obj_id) if len(prompt.points) else None
+            previous = self.mask(frame_index, obj_id) if refine_current else None
             mask = self.engine.mask_from_prompt(frame, prompt, previous)
             if not mask.any():
                 raise PromptError(
@@ -299,7 +319,9 @@ class TrackingSession:
                     "click inside the object or draw a box around it"
                 )
         self._prompts.setdefault(frame_index, {})[obj_id] = prompt
-        self._prompt_masks.setdefault(frame_index, {})[obj_id] = mask
+        masks_on_frame = self._prompt_masks.setdefault(frame_index, {})
+        masks_on_frame.pop(obj_id, None)  # keep the order in which prompts were last given
+        masks_on_frame[obj_id] = mask
         return mask
 
     def _check_frame(self, frame_index: int) -> None:

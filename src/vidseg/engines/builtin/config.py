@@ -6,10 +6,11 @@ editing the engine: ``BuiltinConfig.load(overrides={"readout": {"top_k": 30}})``
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
@@ -24,14 +25,14 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    recent_frames: int = 3  # size of the FIFO of recent frames (prompted frames are always kept)
+    recent_frames: int = 5  # size of the FIFO of recent frames (prompted frames are always kept)
     every: int = 1  # store every n-th propagated frame in the FIFO
 
 
 @dataclass(frozen=True)
 class ReadoutConfig:
-    top_k: int = 20
-    temperature: float = 0.05
+    top_k: int = 10
+    temperature: float = 0.01
     local_radius: float = 4.0  # window radius, in stride-16 cells, for matching recent frames
     query_stride: int = 8  # match the query frame at stride 8 (finer) or 16 (faster)
     stride8_weight: float = 0.5  # share of the stride-8 part in the key (rest: stride 16)
@@ -39,7 +40,7 @@ class ReadoutConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    guided_radius: int = 4  # guided-filter radius in full-resolution pixels; 0 disables
+    guided_radius: int = 0  # guided-filter radius in full-resolution pixels; 0 disables
     guided_eps: float = 1e-2
 
 
@@ -60,7 +61,9 @@ class BuiltinConfig:
 
     @classmethod
     def load(
-        cls, path: str | Path = DEFAULT_CONFIG_PATH, overrides: dict[str, dict[str, Any]] | None = None
+        cls,
+        path: str | Path = DEFAULT_CONFIG_PATH,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> BuiltinConfig:
         """Read a TOML config (sections named like the fields) and apply ``overrides``."""
         with open(path, "rb") as file:

@@ -116,9 +116,12 @@ def _rename_checkpoint_keys(
     """Map the checkpoint's names (``_blocks.3._bn1.weight``) onto this module's names."""
     renamed = {}
     part_names = {
-        "_expand_conv": "expand.0", "_bn0": "expand.1",
-        "_depthwise_conv": "depthwise.0", "_bn1": "depthwise.1",
-        "_project_conv": "project.0", "_bn2": "project.1",
+        "_expand_conv": "expand.0",
+        "_bn0": "expand.1",
+        "_depthwise_conv": "depthwise.0",
+        "_bn1": "depthwise.1",
+        "_project_conv": "project.0",
+        "_bn2": "project.1",
     }
     for key, value in state.items():
         if key.startswith("_conv_stem."):
@@ -136,12 +139,21 @@ def _rename_checkpoint_keys(
 def _fold_batch_norms(module: nn.Module) -> None:
     """Replace every conv+BN pair by one conv with bias: fewer ops per frame, same output."""
     for child in module.modules():
-        if isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[1], nn.BatchNorm2d):
+        if (
+            isinstance(child, nn.Sequential)
+            and len(child) == 2
+            and isinstance(child[1], nn.BatchNorm2d)
+        ):
             conv, bn = child[0], child[1]
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                conv.padding, groups=conv.groups, bias=True,
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                groups=conv.groups,
+                bias=True,
             )
             fused.weight.data = conv.weight.data * scale.reshape(-1, 1, 1, 1)
             fused.bias.data = bn.bias - bn.running_mean * scale

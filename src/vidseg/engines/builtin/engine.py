@@ -61,9 +61,7 @@ class BuiltinEngine:
         """How much each pixel resembles the clicked pixels in the encoder's feature space:
         the best cosine similarity to any click, full resolution, in [0, 1]."""
         height, width = frame.shape[:2]
-        input_height, input_width = encoder_input_size(
-            height, width, self.config.encoder.long_side
-        )
+        input_height, input_width = encoder_input_size(height, width, self.config.encoder.long_side)
         small = cv2.resize(frame, (input_width, input_height), interpolation=cv2.INTER_AREA)
         with torch.inference_mode():
             features = self.encoder(normalize(torch.from_numpy(small).permute(2, 0, 1)[None]))

@@ -41,7 +41,7 @@ def mask_from_prompt(
     region = np.zeros((height, width), dtype=bool)  # where the object may be
     if prompt.box is not None:
         x1, y1, x2, y2 = np.round(prompt.box).astype(int)
-        region[max(y1, 0): y2 + 1, max(x1, 0): x2 + 1] = True
+        region[max(y1, 0) : y2 + 1, max(x1, 0) : x2 + 1] = True
     if previous is not None and previous.any():
         region |= cv2.dilate(previous.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     positive = prompt.points[prompt.labels == 1]
@@ -93,8 +93,15 @@ def _grabcut_in_crop(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
     probable = np.isin(small_labels, (cv2.GC_PR_FGD, cv2.GC_FGD))
     definite_bg = small_labels == cv2.GC_BGD
     if probable.any() and (definite_bg.any() or (small_labels == cv2.GC_PR_BGD).any()):
-        cv2.grabCut(bgr, small_labels, None, background, foreground, _GRABCUT_ITERATIONS,
-                    cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(
+            bgr,
+            small_labels,
+            None,
+            background,
+            foreground,
+            _GRABCUT_ITERATIONS,
+            cv2.GC_INIT_WITH_MASK,
+        )
     result = np.isin(small_labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
     full = cv2.resize(result, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) >= 0.5
     mask = np.zeros((height, width), dtype=bool)

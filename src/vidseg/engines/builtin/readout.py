@@ -81,10 +81,14 @@ def read_out(
             outside = _outside_window((height, width), memory_shape, float(local_radius))
             affinity = affinity.masked_fill(outside, float("-inf"))
         cells = affinity.shape[1]
-        values.append(torch.stack(
-            [memory.values16[i].reshape(-1) if i in memory.values16 else torch.zeros(cells)
-             for i in object_ids]
-        ))  # (objects, M)
+        values.append(
+            torch.stack(
+                [
+                    memory.values16[i].reshape(-1) if i in memory.values16 else torch.zeros(cells)
+                    for i in object_ids
+                ]
+            )
+        )  # (objects, M)
         affinities.append(affinity)
         knows.append([i in memory.values16 for i in object_ids])
 

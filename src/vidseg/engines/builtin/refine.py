@@ -29,13 +29,18 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
 
 
 def upsample_probability(
-    probability: np.ndarray, guide: np.ndarray | None, size: tuple[int, int], radius: int,
+    probability: np.ndarray,
+    guide: np.ndarray | None,
+    size: tuple[int, int],
+    radius: int,
     eps: float,
 ) -> np.ndarray:
     """Upsample a coarse probability map to ``size`` = (height, width), guided by the frame's
     grey image (float32 in [0, 1]) when ``radius`` > 0."""
     height, width = size
-    full = cv2.resize(probability.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    full = cv2.resize(
+        probability.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+    )
     if radius > 0 and guide is not None:
         full = guided_filter(guide, full, radius, eps)
     return np.clip(full, 0.0, 1.0)

@@ -60,7 +60,11 @@ class BuiltinTracker:
 
     # -- the Tracker protocol -----------------------------------------------------------------
     def remember(
-        self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], *,
+        self,
+        frame_index: int,
+        frame: np.ndarray,
+        masks: Mapping[int, np.ndarray],
+        *,
         prompted: bool,
     ) -> None:
         if not prompted:
@@ -83,8 +87,12 @@ class BuiltinTracker:
         readout = self.config.readout
         with torch.inference_mode():
             coarse = read_out(
-                key8 if readout.query_stride == 8 else key16, list(self.memory), object_ids, top_k=readout.top_k,
-                temperature=readout.temperature, local_radius=readout.local_radius,
+                key8 if readout.query_stride == 8 else key16,
+                list(self.memory),
+                object_ids,
+                top_k=readout.top_k,
+                temperature=readout.temperature,
+                local_radius=readout.local_radius,
             )
         guide = None
         if self.config.refine.guided_radius > 0:
@@ -92,8 +100,11 @@ class BuiltinTracker:
         predictions = {}
         for obj in object_ids:
             probability = upsample_probability(
-                coarse[obj].numpy(), guide, self.frame_size,
-                self.config.refine.guided_radius, self.config.refine.guided_eps,
+                coarse[obj].numpy(),
+                guide,
+                self.frame_size,
+                self.config.refine.guided_radius,
+                self.config.refine.guided_eps,
             )
             predictions[obj] = ObjectPrediction(probability, self._presence(obj, probability))
         return predictions
