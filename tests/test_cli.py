@@ -30,19 +30,6 @@ WIDTH, HEIGHT, NUM_FRAMES = 160, 96, 12
 SHORT = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_engine_thread():
-    """Run the engine on one CPU thread. On a machine shared with other work, torch's default
-    (a thread per core) can make each encoder call 100x slower as threads wait on each other;
-    these tests check behaviour, not speed."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_cli(*args: str | Path) -> tuple[int, str, str]:
     """Run ``vidseg ARGS`` in this process; return (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

@@ -23,19 +23,6 @@ SIDE = 8
 SQUARES = {1: (4, 6, 3, 0), 2: (50, 30, -3, 3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_engine_thread():
-    """Run the engine on one CPU thread. On a machine shared with other work, torch's default
-    (a thread per core) can make each encoder call 100x slower as threads wait on each other;
-    these tests check behaviour, not speed."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def square_mask(obj_id: int, frame_index: int) -> np.ndarray:
     x0, y, dx, first = SQUARES[obj_id]
     mask = np.zeros((HEIGHT, WIDTH), dtype=bool)

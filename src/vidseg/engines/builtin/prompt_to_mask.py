@@ -18,6 +18,8 @@ from vidseg.session.prompts import ObjectPrompt
 # enough for a good first mask, fast enough to feel immediate.
 _WORK_SIZE = 320
 _GRABCUT_ITERATIONS = 4
+# Where between "typical pixel" (0) and "the clicked pixel" (1) the region around a click ends.
+_SIMILARITY_THRESHOLD = 0.15
 
 
 def click_radius(height: int, width: int) -> int:
@@ -47,6 +49,10 @@ def mask_from_prompt(
     positive = prompt.points[prompt.labels == 1]
     if similarity is not None and len(positive):
         region |= _similar_region_around_clicks(similarity, positive)
+    # GrabCut may grow the object into a ring around where it was thought to be.
+    ring = max(8, round(0.05 * float(np.hypot(height, width))))
+    grown = cv2.dilate(region.astype(np.uint8), np.ones((2 * ring + 1,) * 2, np.uint8)) > 0
+    labels[grown & (prompt.box is None)] = cv2.GC_PR_BGD
     labels[region] = cv2.GC_PR_BGD
     if previous is not None:
         labels[previous & region] = cv2.GC_PR_FGD
@@ -62,11 +68,13 @@ def mask_from_prompt(
 
 
 def _similar_region_around_clicks(similarity: np.ndarray, clicks: np.ndarray) -> np.ndarray:
-    """The connected region around each click where the similarity stays high."""
+    """The connected region around each click that resembles it more than the frame at large
+    does: above a threshold between the frame's median similarity and the click's own."""
     region = np.zeros(similarity.shape, dtype=bool)
+    typical = float(np.median(similarity))
     for x, y in clicks:
         xi, yi = int(round(x)), int(round(y))
-        threshold = 0.6 * float(similarity[yi, xi])
+        threshold = typical + _SIMILARITY_THRESHOLD * (float(similarity[yi, xi]) - typical)
         candidate = (similarity >= threshold).astype(np.uint8)
         _, components = cv2.connectedComponents(candidate)
         if components[yi, xi] > 0:

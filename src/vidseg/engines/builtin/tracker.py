@@ -18,8 +18,11 @@ from vidseg.io import VideoInfo
 
 
 def encoder_input_size(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(height, width) the encoder sees: scaled to ``long_side``, multiples of 16."""
-    scale = min(1.0, long_side / max(height, width))
+    """(height, width) the encoder sees: scaled to ``long_side``, multiples of 16.
+
+    Small videos are scaled up too: the encoder needs objects to span several stride-16 cells.
+    """
+    scale = long_side / max(height, width)
     return (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
 
 
