@@ -12,23 +12,25 @@ the masks are scored against it with the DAVIS measures. Needs no download and n
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vidseg.cli.tracking import TimedFrames, TrackingStats, run_tracking, set_threads
 from vidseg.demo.synthetic import render_synthetic_video, write_mp4
 from vidseg.engines.base import Engine
-from vidseg.evaluation import EvaluationReport, evaluate_directories
+from vidseg.evaluation import EvaluationReport, evaluate_directories, read_mask
 from vidseg.io import open_frames
-from vidseg.outputs import PaletteMaskWriter
+from vidseg.outputs import PaletteMaskWriter, render_overlay
 from vidseg.session import TrackingSession
 
 DEFAULT_NUM_FRAMES = 36
-DEFAULT_WIDTH = 320
-DEFAULT_HEIGHT = 180
+DEFAULT_WIDTH = 640
+DEFAULT_HEIGHT = 360
 DEFAULT_BOX_OBJECT = 2
 
 
@@ -127,6 +129,7 @@ def run_demo(
         "coco": out / "masks.json",
         "overlay": out / "overlay.mp4",
         "truth": out / "truth",
+        "preview": out / "preview.png",
     }
     write_mp4(files["video"], video.frames, video.fps)
 
@@ -163,6 +166,7 @@ def run_demo(
         for frame_index, labels in enumerate(video.labels):
             truth_writer.write(frame_index, labels)
     evaluation = evaluate_directories(files["masks"], files["truth"])
+    _save_preview(files["preview"], video.frames, files["masks"])
     return DemoReport(
         out_dir=out,
         num_frames=video.num_frames,
@@ -176,6 +180,17 @@ def run_demo(
         seconds=time.perf_counter() - began,
         files=files,
     )
+
+
+def _save_preview(path: Path, frames: np.ndarray, masks_dir: Path, tiles: int = 4) -> None:
+    """A strip of a few frames with the tracked masks overlaid: what the demo did, at a glance."""
+    indices = np.linspace(0, len(frames) - 1, tiles).round().astype(int)
+    overlays = [
+        render_overlay(frames[i], read_mask(masks_dir / f"{i:05d}.png")) for i in indices
+    ]
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(np.concatenate(overlays, axis=1)).save(temporary)
+    os.replace(temporary, path)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
