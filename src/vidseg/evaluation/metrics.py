@@ -43,7 +43,7 @@ def region_similarity(pred: np.ndarray, gt: np.ndarray) -> float:
     union = np.count_nonzero(pred | gt)
     if union == 0:
         return 1.0
-    return np.count_nonzero(pred & gt) / union
+    return float(np.count_nonzero(pred & gt) / union)
 
 
 def seg2bmap(mask: np.ndarray) -> np.ndarray:
