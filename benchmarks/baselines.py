@@ -89,34 +89,20 @@ def vidseg_engine_unavailable() -> str | None:
     return None
 
 
-class _BenchmarkFrames:
+def _as_frame_source(frames: Sequence[np.ndarray]):
     """The harness's lazy frames seen as a vidseg FrameSource, so the session decodes each
     frame when it needs it (and the harness still counts reading time)."""
+    from vidseg.io import FrameSourceBase, VideoInfo
 
-    def __init__(self, frames: Sequence[np.ndarray]) -> None:
-        from vidseg.io import VideoInfo
+    class BenchmarkFrames(FrameSourceBase):
+        def __init__(self) -> None:
+            height, width = frames[0].shape[:2]
+            self.info = VideoInfo(width=width, height=height, num_frames=len(frames), fps=24.0)
 
-        self._frames = frames
-        height, width = frames[0].shape[:2]
-        self.info = VideoInfo(width=width, height=height, num_frames=len(frames), fps=24.0)
+        def _read(self, index: int) -> np.ndarray:
+            return frames[index]
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._frames[index]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self._frames)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _BenchmarkFrames:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
+    return BenchmarkFrames()
 
 
 def _track_with_vidseg(
@@ -126,7 +112,7 @@ def _track_with_vidseg(
     from vidseg.session import TrackingSession
 
     engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides)) if overrides else None
-    session = TrackingSession(_BenchmarkFrames(frames), engine=engine)
+    session = TrackingSession(_as_frame_source(frames), engine=engine)
     session.add_mask(0, 1, first_mask)
     for result in session.propagate(0, direction="forward"):
         yield result.masks[1]

@@ -20,13 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vidseg.io import FrameSource, VideoInfo
+from vidseg.io import FrameSource, FrameSourceBase, VideoInfo
 from vidseg.outputs import CocoRleWriter, OverlayVideoWriter, PaletteMaskWriter
 from vidseg.session import Direction, TrackingSession
 
@@ -38,7 +37,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-class TimedFrames:
+class TimedFrames(FrameSourceBase):
     """A :class:`~vidseg.io.FrameSource` that passes reads through and adds up their time."""
 
     def __init__(self, source: FrameSource) -> None:
@@ -47,10 +46,7 @@ class TimedFrames:
         self.seconds = 0.0
         self.reads = 0
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> np.ndarray:
+    def _read(self, index: int) -> np.ndarray:
         start = time.perf_counter()
         try:
             return self.source[index]
@@ -58,23 +54,8 @@ class TimedFrames:
             self.seconds += time.perf_counter() - start
             self.reads += 1
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def close(self) -> None:
+    def _release(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> TimedFrames:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @dataclass
