@@ -50,8 +50,18 @@ def looped_video(clip: Path, num_frames: int, out_path: Path) -> None:
 def run_track(video: Path, mask: Path, out_dir: Path) -> dict:
     """Run ``vidseg track`` in a child process; its wall time and peak RSS."""
     command = [
-        sys.executable, "-m", "vidseg.cli.main", "track", str(video), "--mask", str(mask),
-        "--out", str(out_dir), "--direction", "forward", "--quiet",
+        sys.executable,
+        "-m",
+        "vidseg.cli.main",
+        "track",
+        str(video),
+        "--mask",
+        str(mask),
+        "--out",
+        str(out_dir),
+        "--direction",
+        "forward",
+        "--quiet",
     ]
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

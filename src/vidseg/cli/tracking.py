@@ -89,28 +89,6 @@ class TrackingStats:
         return "timings:\n" + "\n".join(lines)
 
 
-def frames_to_visit(
-    session: TrackingSession,
-    start_frame: int | None,
-    direction: Direction,
-    max_frames: int | None = None,
-) -> list[int]:
-    """The frame indices that ``session.propagate`` will yield, in order."""
-    n = session.num_frames
-    if start_frame is None:
-        prompted = session.prompted_frames
-        start_frame = prompted[-1] if direction == "backward" else prompted[0]
-    limit = n if max_frames is None else max_frames
-    out: list[int] = []
-    if direction in ("forward", "both"):
-        out += list(range(start_frame, min(n, start_frame + limit)))
-    if direction in ("backward", "both"):
-        first = start_frame if direction == "backward" else start_frame - 1
-        stop = max(-1, start_frame - limit)
-        out += list(range(first, stop, -1))
-    return out
-
-
 def run_tracking(
     session: TrackingSession,
     *,
@@ -132,7 +110,8 @@ def run_tracking(
     apart from the engine's time.
     """
     info = session.info
-    visit = frames_to_visit(session, start_frame, direction, max_frames)
+    passes = session.propagation_passes(start_frame, direction, max_frames)
+    visit = [frame_index for frames in passes for frame_index in frames]
     stats = TrackingStats(objects=len(session.object_ids))
     clock = _StageClock(decode_timer)
     in_order = direction == "forward"

@@ -185,9 +185,7 @@ def run_demo(
 def _save_preview(path: Path, frames: np.ndarray, masks_dir: Path, tiles: int = 4) -> None:
     """A strip of a few frames with the tracked masks overlaid: what the demo did, at a glance."""
     indices = np.linspace(0, len(frames) - 1, tiles).round().astype(int)
-    overlays = [
-        render_overlay(frames[i], read_mask(masks_dir / f"{i:05d}.png")) for i in indices
-    ]
+    overlays = [render_overlay(frames[i], read_mask(masks_dir / f"{i:05d}.png")) for i in indices]
     temporary = path.with_name(f".{path.name}.tmp.png")
     Image.fromarray(np.concatenate(overlays, axis=1)).save(temporary)
     os.replace(temporary, path)

@@ -225,6 +225,17 @@ class TrackingSession:
         improves frames 30..39 when going forward from frame 0. ``max_frames`` bounds the
         frames visited in each direction, the start frame included.
         """
+        for frame_indices in self.propagation_passes(start_frame, direction, max_frames):
+            yield from self._propagate_pass(frame_indices)
+
+    def propagation_passes(
+        self,
+        start_frame: int | None = None,
+        direction: Direction = "forward",
+        max_frames: int | None = None,
+    ) -> list[range]:
+        """The frames :meth:`propagate` visits with these arguments: one range per pass, in
+        order (for progress bars and output planning)."""
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be forward, backward or both, not {direction!r}")
         if not self._prompts:
@@ -236,19 +247,17 @@ class TrackingSession:
                 self.prompted_frames[-1] if direction == "backward" else self.prompted_frames[0]
             )
         self._check_frame(start_frame)
+        passes = []
         if direction in ("forward", "both"):
-            end = (
-                self.num_frames
-                if max_frames is None
-                else min(self.num_frames, start_frame + max_frames)
-            )
-            yield from self._propagate_pass(range(start_frame, end))
+            end = self.num_frames if max_frames is None else start_frame + max_frames
+            passes.append(range(start_frame, min(self.num_frames, end)))
         if direction in ("backward", "both"):
-            # Going both ways, the forward pass has already yielded the start frame.
+            # Going both ways, the forward pass has already visited the start frame.
             first = start_frame if direction == "backward" else start_frame - 1
             stop = -1 if max_frames is None else max(-1, start_frame - max_frames)
             if first > stop:
-                yield from self._propagate_pass(range(first, stop, -1))
+                passes.append(range(first, stop, -1))
+        return passes
 
     def _propagate_pass(self, frame_indices: range) -> Iterator[FrameResult]:
         tracker = self.engine.new_tracker(self.info)
