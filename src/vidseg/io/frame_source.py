@@ -18,19 +18,11 @@ import numpy as np
 
 from vidseg.errors import VideoReadError
 from vidseg.io.array_source import ArrayFrameSource
-from vidseg.io.base import FrameSource, FrameSourceBase, VideoInfo
+from vidseg.io.base import FrameSource
 from vidseg.io.frame_folder import FrameFolderSource
 from vidseg.io.video_file import VideoFileSource
 
-__all__ = [
-    "ArrayFrameSource",
-    "FrameFolderSource",
-    "FrameSource",
-    "FrameSourceBase",
-    "VideoFileSource",
-    "VideoInfo",
-    "open_frames",
-]
+__all__ = ["open_frames"]
 
 
 def open_frames(

@@ -8,11 +8,11 @@ import threading
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
+from vidseg.engines.builtin.readout import frame_keys
 from vidseg.engines.builtin.tracker import BuiltinTracker, encoder_input_size
 from vidseg.io import VideoInfo
 from vidseg.session.prompts import ObjectPrompt
@@ -65,9 +65,8 @@ class BuiltinEngine:
         small = cv2.resize(frame, (input_width, input_height), interpolation=cv2.INTER_AREA)
         with torch.inference_mode():
             features = self.encoder(normalize(torch.from_numpy(small).permute(2, 0, 1)[None]))
-            f8 = F.normalize(features.stride8[0], dim=0)
-            f16 = F.interpolate(features.stride16, size=f8.shape[1:], mode="bilinear")[0]
-            keys = torch.cat([f8, F.normalize(f16, dim=0)]) / np.sqrt(2)
+            # The tracker's own stride-8 keys, with fine and semantic parts weighted equally.
+            _, keys = frame_keys(features, stride8_weight=0.5)
             rows = (clicks[:, 1] / height * keys.shape[1]).astype(int).clip(0, keys.shape[1] - 1)
             cols = (clicks[:, 0] / width * keys.shape[2]).astype(int).clip(0, keys.shape[2] - 1)
             clicked = keys[:, rows, cols]  # (C, clicks)
