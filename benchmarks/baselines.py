@@ -125,11 +125,11 @@ def vidseg_engine_method(
     yield from _track_with_vidseg(frames, first_mask)
 
 
-def vidseg_engine_full_resolution_method(
+def vidseg_matching_method(
     frames: Sequence[np.ndarray], first_mask: np.ndarray
 ) -> Iterator[np.ndarray]:
-    """The built-in engine with the encoder at the frames' full 854x480 resolution."""
-    yield from _track_with_vidseg(frames, first_mask, {"encoder": {"long_side": 864}})
+    """The previous engine: the training-free matching tracker (same encoder at 576 px)."""
+    yield from _track_with_vidseg(frames, first_mask, {"tracker": {"kind": "matching"}})
 
 
 @dataclass(frozen=True)
@@ -152,14 +152,14 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg",
             "vidseg",
             vidseg_engine_method,
-            "vidseg built-in engine, default config (encoder at 576 px)",
+            "vidseg built-in engine, default config (learned tracker, encoder at 576 px)",
             vidseg_engine_unavailable,
         ),
         MethodSpec(
-            "vidseg-full",
-            "vidseg_full_res",
-            vidseg_engine_full_resolution_method,
-            "vidseg built-in engine, encoder at full 864 px",
+            "vidseg-matching",
+            "vidseg_matching",
+            vidseg_matching_method,
+            "previous engine: training-free matching tracker (encoder at 576 px)",
             vidseg_engine_unavailable,
         ),
     )

@@ -60,6 +60,63 @@ class JpegFrames(Sequence):
             yield self[i]
 
 
+class VideoFrames(Sequence):
+    """The RGB uint8 frames of a video file (the DAVIS train sequences are stored as mp4), decoded
+    in order; reading an earlier frame restarts decoding. Counts reading time like
+    :class:`JpegFrames`."""
+
+    def __init__(self, path: str | Path, max_frames: int | None = None) -> None:
+        import av
+
+        self.path = Path(path)
+        with av.open(str(self.path)) as container:
+            count = container.streams.video[0].frames
+        self.length = min(count, max_frames) if max_frames else count
+        self.read_seconds = 0.0
+        self.reads = 0
+        self._decoder: Iterator[np.ndarray] | None = None
+        self._position = -1
+        self._frame: np.ndarray | None = None
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        import av
+
+        with av.open(str(self.path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        start = time.perf_counter()
+        if self._decoder is None or index < self._position:
+            self._decoder, self._position = self._decode(), -1
+        while self._position < index:
+            self._frame = next(self._decoder)
+            self._position += 1
+        self.read_seconds += time.perf_counter() - start
+        self.reads += 1
+        assert self._frame is not None
+        return self._frame
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def open_sequence(davis_root: Path, sequence: str, max_frames: int | None = None):
+    """The frames of a DAVIS 2016 sequence: JPEGs for val, the mp4 for train."""
+    folder = davis_root / "JPEGImages" / "480p" / sequence
+    if folder.is_dir():
+        return JpegFrames(folder, max_frames)
+    return VideoFrames(davis_root / "videos" / f"{sequence}.mp4", max_frames)
+
+
 def read_sequence_list(davis_root: Path, split: str = "val") -> list[str]:
     """The sequence names of ``ImageSets/2016/<split>.txt``."""
     path = davis_root / "ImageSets" / "2016" / f"{split}.txt"

@@ -1,6 +1,7 @@
 """Benchmark tracking methods on DAVIS 2016 val, prompted with each sequence's first-frame mask.
 
     python benchmarks/davis.py                       # every available method, all val sequences
+    python benchmarks/davis.py --split train         # the train sequences (overfitting check)
     python benchmarks/davis.py --methods copy,dis    # the two baselines
     python benchmarks/davis.py --sequences blackswan,camel --max-frames 20 --no-write
 
@@ -39,8 +40,8 @@ from baselines import METHODS, MethodUnavailable  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
-    JpegFrames,
     machine_description,
+    open_sequence,
     read_sequence_list,
     write_section,
 )
@@ -85,7 +86,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     start_rss = peak_rss_mb()
     runs = {}
     for seq in args.sequences:
-        frames = JpegFrames(args.data / "JPEGImages" / "480p" / seq, args.max_frames)
+        frames = open_sequence(args.data, seq, args.max_frames)
         gt_paths = sorted((args.data / "Annotations" / "480p" / seq).glob("*.png"))
         gt_paths = gt_paths[: len(frames)]
         if len(gt_paths) != len(frames):
@@ -144,6 +145,8 @@ def run_method_subprocess(key: str, args: argparse.Namespace) -> dict:
             str(args.data),
             "--sequences",
             ",".join(args.sequences),
+            "--split",
+            args.split,
         ]
         if args.max_frames:
             command += ["--max-frames", str(args.max_frames)]
@@ -159,7 +162,7 @@ def render(results: list[dict], args: argparse.Namespace, command: str) -> str:
     machine = machine_description()
     total_frames = sum(s["frames"] for s in results[0]["sequences"].values())
     lines = [
-        "## DAVIS 2016 val (first-frame mask prompt)",
+        f"## DAVIS 2016 {args.split} (first-frame mask prompt)",
         "",
         f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with",
         "",
@@ -171,7 +174,7 @@ def render(results: list[dict], args: argparse.Namespace, command: str) -> str:
         + (f" (first {args.max_frames} of each)" if args.max_frames else "")
         + ". DAVIS protocol (`vidseg.evaluation`): frames 1..n-2 scored, J = region IoU, "
         "F = boundary F-measure (tolerance 0.008 of the diagonal), means over sequences, "
-        "x100. fps: frames over wall time, frame reading (JPEG decoding) included; "
+        "x100. fps: frames over wall time, frame reading (JPEG or mp4 decoding) included; "
         '"method fps" leaves the reading out. Peak RSS: the method\'s own subprocess, '
         f"before scoring (Python with numpy, OpenCV and PIL loaded, before any method runs: "
         f"{results[0]['start_rss_mb']:.0f} MB). The machine may be shared: fps are indicative.",
@@ -186,7 +189,7 @@ def render(results: list[dict], args: argparse.Namespace, command: str) -> str:
         frames = sum(s["frames"] for s in seqs)
         seconds = sum(s["seconds"] for s in seqs)
         method_seconds = seconds - sum(s["read_seconds"] for s in seqs)
-        ref = REFERENCE_JF.get(r["method"]) if not args.max_frames else None
+        ref = REFERENCE_JF.get(r["method"]) if args.split == "val" and not args.max_frames else None
         lines.append(
             f"| {r['name']} | {pct(r['mean']['J&F'])} | {pct(r['mean']['J-Mean'])} "
             f"| {pct(r['mean']['F-Mean'])} | {frames / seconds:.1f} "
@@ -214,7 +217,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated method keys among " + ", ".join(METHODS) + " (default: all "
         "available)",
     )
-    parser.add_argument("--sequences", help="comma-separated sequences (default: val.txt)")
+    parser.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="the DAVIS 2016 split to run (default: val); results go to its own section",
+    )
+    parser.add_argument("--sequences", help="comma-separated sequences (default: the split's)")
     parser.add_argument("--max-frames", type=int, help="use the first N frames of each sequence")
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
     parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
@@ -228,9 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sequences:
         args.sequences = [s for s in args.sequences.split(",") if s]
     else:
-        args.sequences = read_sequence_list(args.data, "val")
+        args.sequences = read_sequence_list(args.data, args.split)
     for seq in args.sequences:
-        if not (args.data / "JPEGImages" / "480p" / seq).is_dir():
+        if not (args.data / "Annotations" / "480p" / seq).is_dir():
             parser.error(f"no frames for sequence {seq!r} in {args.data}")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be at least 1")
@@ -272,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     body = render(results, args, command.strip())
     print(body)
     if not args.no_write:
-        write_section(args.output, SECTION, body)
-        print(f"wrote the {SECTION!r} section of {args.output}", file=sys.stderr)
+        section = SECTION if args.split == "val" else f"{SECTION}-{args.split}"
+        write_section(args.output, section, body)
+        print(f"wrote the {section!r} section of {args.output}", file=sys.stderr)
     return 0
 
 

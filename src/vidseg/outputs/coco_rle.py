@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ class CocoRleWriter(StreamingWriter):
             "info": {
                 "description": "object masks tracked by vidseg",
                 "version": __version__,
-                "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "date_created": datetime.now(UTC).isoformat(timespec="seconds"),
             },
             "videos": [
                 {

@@ -6,13 +6,39 @@ editing the engine: ``BuiltinConfig.load(overrides={"readout": {"top_k": 30}})``
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    # "learned": memory read-out and mask decoder trained on DAVIS train (weights ship with the
+    # package). "matching": the training-free label propagation by feature matching, kept as a
+    # reference (the [readout] and [refine] sections apply to it only).
+    kind: str = "learned"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("learned", "matching"):
+            raise ValueError(f"[tracker] kind must be 'learned' or 'matching', not {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    # How clicks and boxes become a mask. "grabcut": feature similarity around the clicks,
+    # then GrabCut (the default: it generalises). "learned": the prompt decoder trained on
+    # DAVIS train, experimental: it fits train frames but ignores the prompt too often on new
+    # ones (figures in docs/BENCHMARKS.md, "clicks").
+    decoder: str = "grabcut"
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("grabcut", "learned"):
+            raise ValueError(
+                f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,8 @@ class PresenceConfig:
 
 @dataclass(frozen=True)
 class BuiltinConfig:
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)

@@ -7,6 +7,8 @@ into the convolutions at load time, since the encoder only ever runs frozen, in 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +105,60 @@ class EfficientNetLite0Encoder(nn.Module):
         for parameter in encoder.parameters():
             parameter.requires_grad_(False)
         return encoder
+
+
+class _TupleOutput(nn.Module):
+    def __init__(self, encoder: EfficientNetLite0Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        encoded = self.encoder(image)
+        return encoded.stride4, encoded.stride8, encoded.stride16
+
+
+#: What the trackers need of an encoder: normalised images in, multi-scale features out.
+ImageEncoder = Callable[[torch.Tensor], EncodedFrame]
+
+
+class OptimizedEncoder:
+    """The pretrained encoder frozen with TorchScript for CPU inference.
+
+    Freezing fuses each convolution with its activation and keeps MKL-DNN layouts between
+    layers: about twice as fast as eager mode on this project's 2-core CPU, with the same features
+    to about 1e-4 (the learned parts were trained on eager-mode features). Works for any input
+    size.
+
+    >>> encoder = OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+    >>> encoder(torch.zeros(1, 3, 64, 96)).stride16.shape
+    torch.Size([1, 112, 4, 6])
+    """
+
+    channels = EfficientNetLite0Encoder.channels
+
+    def __init__(self, encoder: EfficientNetLite0Encoder) -> None:
+        example = torch.zeros(1, 3, 64, 64)
+        # TorchScript is deprecated in favour of torch.compile, but torch.compile needs a C++
+        # compiler at run time and minutes of compiling per input size; torch is pinned, so the
+        # warning is silenced here on purpose.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(_TupleOutput(encoder).eval(), example)
+            self._module = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+    def __call__(self, image: torch.Tensor) -> EncodedFrame:
+        """``image``: (N, 3, H, W) float, normalised with :func:`normalize`."""
+        with torch.inference_mode():
+            return EncodedFrame(*self._module(image))
+
+
+def encoder_input_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(height, width) the encoder sees: scaled to ``long_side``, multiples of 16.
+
+    Small videos are scaled up too: the encoder needs objects to span several stride-16 cells.
+    """
+    scale = long_side / max(height, width)
+    return (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
 
 
 def normalize(image_uint8: torch.Tensor) -> torch.Tensor:

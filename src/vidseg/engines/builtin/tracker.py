@@ -1,67 +1,75 @@
-"""One propagation pass of the built-in engine: encode, read out from memory, refine, remember."""
+"""One propagation pass of the built-in engine: encode, read out from memory, decode, remember."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vidseg.engines.base import ObjectPrediction
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
+from vidseg.engines.builtin.encoder import (
+    EncodedFrame,
+    ImageEncoder,
+    encoder_input_size,
+    normalize,
+)
+from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
-from vidseg.engines.builtin.readout import frame_keys, read_out
-from vidseg.engines.builtin.refine import upsample_probability
+from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.io import VideoInfo
 
 
-def encoder_input_size(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(height, width) the encoder sees: scaled to ``long_side``, multiples of 16.
+@dataclass
+class _QueryFrame:
+    """What the network needs of the frame being processed, computed once per frame."""
 
-    Small videos are scaled up too: the encoder needs objects to span several stride-16 cells.
-    """
-    scale = long_side / max(height, width)
-    return (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
+    frame_index: int
+    features: EncodedFrame
+    key: torch.Tensor  # (1, C, h, w)
+    query16: torch.Tensor  # (1, 64, h, w), the decoder's projection of the stride-16 features
 
 
-class BuiltinTracker:
-    """Memory of one propagation pass; implements :class:`vidseg.engines.base.Tracker`."""
+class MemoryTracker(ABC):
+    """What both trackers share: the memory bank, which frames enter it, frame encoding at the
+    configured size and the presence decision. Implements :class:`vidseg.engines.base.Tracker`
+    once a subclass says how a frame is stored (:meth:`_store`) and read (``predict``)."""
 
-    def __init__(
-        self, encoder: EfficientNetLite0Encoder, config: BuiltinConfig, info: VideoInfo
-    ) -> None:
+    def __init__(self, encoder: ImageEncoder, config: BuiltinConfig, info: VideoInfo) -> None:
         self.encoder = encoder
         self.config = config
         self.frame_size = (info.height, info.width)
         self.input_size = encoder_input_size(info.height, info.width, config.encoder.long_side)
         self.memory = MemoryBank(config.memory.recent_frames)
-        self._cached_index: int | None = None
-        self._cached_keys: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reference_area: dict[int, float] = {}
         self._frames_since_stored = 0
+        #: Seconds spent in each stage of the per-frame path, summed over the pass (profiling).
+        self.stage_seconds: dict[str, float] = defaultdict(float)
 
-    # -- encoding -----------------------------------------------------------------------------
-    def _keys(self, frame_index: int, frame: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cached_index != frame_index or self._cached_keys is None:
-            height, width = self.input_size
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] += time.perf_counter() - start
+
+    def _encode_image(self, frame: np.ndarray) -> EncodedFrame:
+        height, width = self.input_size
+        with self._stage("resize"):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-            image = torch.from_numpy(small).permute(2, 0, 1)[None]
-            with torch.inference_mode():
-                features = self.encoder(
-                    normalize(image).contiguous(memory_format=torch.channels_last)
-                )
-                keys = frame_keys(features, self.config.readout.stride8_weight)
-            self._cached_index, self._cached_keys = frame_index, keys
-        return self._cached_keys
+            image = normalize(torch.from_numpy(small).permute(2, 0, 1)[None])
+        with self._stage("encoder"), torch.inference_mode():
+            return self.encoder(image.contiguous(memory_format=torch.channels_last))
 
-    def _downsample(self, mask: np.ndarray, stride: int) -> torch.Tensor:
-        height, width = self.input_size[0] // stride, self.input_size[1] // stride
-        small = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(small)
-
-    # -- the Tracker protocol -----------------------------------------------------------------
     def remember(
         self,
         frame_index: int,
@@ -75,47 +83,117 @@ class BuiltinTracker:
             if self._frames_since_stored < self.config.memory.every:
                 return
             self._frames_since_stored = 0
-        key16, _ = self._keys(frame_index, frame)
-        values16 = {obj: self._downsample(mask, 16) for obj, mask in masks.items()}
+        if not masks:
+            return
         if prompted:
             for obj, mask in masks.items():
                 self._reference_area[obj] = float(mask.sum())
-        self.memory.add(MemoryFrame(frame_index, prompted, key16, values16))
+        self._store(frame_index, frame, masks, prompted)
 
-    def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
-        object_ids = self.memory.object_ids()
-        if not object_ids:
-            return {}
-        key16, key8 = self._keys(frame_index, frame)
-        readout = self.config.readout
-        with torch.inference_mode():
-            coarse = read_out(
-                key8 if readout.query_stride == 8 else key16,
-                list(self.memory),
-                object_ids,
-                top_k=readout.top_k,
-                temperature=readout.temperature,
-                local_radius=readout.local_radius,
-            )
-        guide = None
-        if self.config.refine.guided_radius > 0:
-            guide = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-        predictions = {}
-        for obj in object_ids:
-            probability = upsample_probability(
-                coarse[obj].numpy(),
-                guide,
-                self.frame_size,
-                self.config.refine.guided_radius,
-                self.config.refine.guided_eps,
-            )
-            predictions[obj] = ObjectPrediction(probability, self._presence(obj, probability))
-        return predictions
+    @abstractmethod
+    def _store(
+        self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
+    ) -> None:
+        """Add the frame with its objects' masks to the memory bank."""
 
     def _presence(self, obj: int, probability: np.ndarray) -> float:
+        """The object's predicted presence: its mask's peak probability, but below one half
+        when the mask shrank under ``min_area_ratio`` of its prompted area (a remnant, not the
+        object: it is judged absent, hidden or out of view)."""
         presence = self.config.presence
         area = float((probability >= presence.threshold).sum())
         reference = self._reference_area.get(obj, 0.0)
         if reference > 0 and area < presence.min_area_ratio * reference:
             return min(float(probability.max()), 0.49)
         return float(probability.max())
+
+
+class BuiltinTracker(MemoryTracker):
+    """The learned tracker: memory read-out by attention, mask decoder (see ``network.py``)."""
+
+    def __init__(
+        self,
+        encoder: ImageEncoder,
+        network: TrackingNetwork,
+        config: BuiltinConfig,
+        info: VideoInfo,
+    ) -> None:
+        super().__init__(encoder, config, info)
+        self.network = network
+        self._query: _QueryFrame | None = None
+
+    def _encode(self, frame_index: int, frame: np.ndarray) -> _QueryFrame:
+        if self._query is None or self._query.frame_index != frame_index:
+            features = self._encode_image(frame)
+            with self._stage("projections"), torch.inference_mode():
+                key = self.network.key_projection(features.stride16)
+                query16 = self.network.mask_decoder.project_query(features.stride16)
+            self._query = _QueryFrame(frame_index, features, key, query16)
+        return self._query
+
+    def _store(
+        self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
+    ) -> None:
+        query = self._encode(frame_index, frame)
+        height, width = self.input_size[0] // 4, self.input_size[1] // 4
+        object_ids = list(masks)
+        with self._stage("memory encoder"), torch.inference_mode():
+            masks4 = np.stack(
+                [
+                    cv2.resize(
+                        masks[obj].astype(np.float32), (width, height), interpolation=cv2.INTER_AREA
+                    )
+                    for obj in object_ids
+                ]
+            )
+            features16 = query.features.stride16.expand(len(object_ids), -1, -1, -1)
+            values = self.network.memory_encoder(features16, torch.from_numpy(masks4)[:, None])
+        self.memory.add(
+            MemoryFrame(
+                frame_index, prompted, query.key[0], dict(zip(object_ids, values, strict=True))
+            )
+        )
+
+    def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
+        object_ids = self.memory.object_ids()
+        if not object_ids:
+            return {}
+        query = self._encode(frame_index, frame)
+        logits = {}
+        # Objects remembered on the same frames share one affinity matrix (usually all of them).
+        for frames, group in _group_by_memory_frames(self.memory, object_ids).items():
+            memory = [m for m in self.memory if m.frame_index in frames]
+            memory_keys = torch.cat([m.key16.flatten(1) for m in memory], 1)[None]
+            # (objects, V, M): each object's values over the same memory cells.
+            memory_values = torch.stack(
+                [torch.cat([m.values16[obj].flatten(1) for m in memory], 1) for obj in group]
+            )
+            count = len(group)
+            with self._stage("read-out"), torch.inference_mode():
+                affinity = memory_affinity(query.key, memory_keys)[0]
+                readout = torch.matmul(memory_values, affinity.T).unflatten(2, query.key.shape[-2:])
+            with self._stage("decoder"), torch.inference_mode():
+                group_logits = self.network.mask_decoder(
+                    readout,
+                    query.query16.expand(count, -1, -1, -1),
+                    query.features.stride8.expand(count, -1, -1, -1),
+                    query.features.stride4.expand(count, -1, -1, -1),
+                )
+            with self._stage("upsample"), torch.inference_mode():
+                full = F.interpolate(
+                    group_logits, size=self.frame_size, mode="bilinear", align_corners=False
+                )
+                probabilities = torch.sigmoid(full)[:, 0].numpy()
+            logits.update(zip(group, probabilities, strict=True))
+        with self._stage("presence"):
+            return {obj: ObjectPrediction(p, self._presence(obj, p)) for obj, p in logits.items()}
+
+
+def _group_by_memory_frames(
+    memory: MemoryBank, object_ids: list[int]
+) -> dict[frozenset[int], list[int]]:
+    groups: dict[frozenset[int], list[int]] = {}
+    for obj in object_ids:
+        frames = frozenset(m.frame_index for m in memory if obj in m.values16)
+        groups.setdefault(frames, []).append(obj)
+    return groups

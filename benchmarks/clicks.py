@@ -1,0 +1,174 @@
+"""Interactive segmentation with simulated clicks (the standard NoC protocol), on the first frames
+of the DAVIS 2016 val sequences.
+
+Each next click goes to the interior point (farthest from the region's border) of the larger
+error region: on a missed object part it is a positive click, on a wrongly included part a
+negative one (as in RITM and SimpleClick). Clicks are given through ``TrackingSession.add_points``,
+so each one refines the mask the earlier ones gave. Reported: NoC@85 and NoC@90 (clicks needed
+to reach IoU 0.85 / 0.90, capped at 20) and mean IoU after 1, 3 and 5 clicks.
+
+    python benchmarks/clicks.py                  # writes the "clicks" section of docs/BENCHMARKS.md
+    python benchmarks/clicks.py --sequences blackswan --max-clicks 5 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    BENCHMARKS_MD,
+    DEFAULT_DAVIS,
+    machine_description,
+    open_sequence,
+    read_sequence_list,
+    write_section,
+)
+
+SECTION = "clicks"
+
+
+def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], int]:
+    """(x, y) and label (1 positive, 0 negative) of the next simulated click."""
+    best = None
+    for error, label in ((truth & ~prediction, 1), (prediction & ~truth, 0)):
+        # Pad so that the frame border counts as region border.
+        padded = np.pad(error.astype(np.uint8), 1)
+        distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+        if best is None or distance[y, x] > best[0]:
+            best = (distance[y, x], (int(x), int(y)), label)
+    assert best is not None
+    return best[1], best[2]
+
+
+def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
+    union = (prediction | truth).sum()
+    return 1.0 if union == 0 else float((prediction & truth).sum() / union)
+
+
+ENGINES = {
+    "vidseg": ("vidseg (default: feature similarity + GrabCut)", {}),
+    "vidseg-learned": (
+        "vidseg, learned prompt decoder (experimental)",
+        {"prompts": {"decoder": "learned"}},
+    ),
+}
+
+
+def click_curve(
+    engine, frame: np.ndarray, truth: np.ndarray, max_clicks: int
+) -> tuple[list[float], float]:
+    """IoU after each of ``max_clicks`` simulated clicks, and seconds per click."""
+    from vidseg.session import TrackingSession
+
+    session = TrackingSession(frame[None], engine=engine)
+    prediction = np.zeros_like(truth)
+    curve = []
+    start = time.perf_counter()
+    for _ in range(max_clicks):
+        (x, y), label = next_click(prediction, truth)
+        if label == 0 and not prediction.any():
+            break  # nothing left to correct
+        prediction = session.add_points(0, 1, [[x, y]], [label])
+        curve.append(iou(prediction, truth))
+    seconds = (time.perf_counter() - start) / max(len(curve), 1)
+    curve += [curve[-1]] * (max_clicks - len(curve))
+    return curve, seconds
+
+
+def clicks_to_reach(curve: list[float], threshold: float, cap: int) -> int:
+    return next((i + 1 for i, value in enumerate(curve) if value >= threshold), cap)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("val", "train"), default="val")
+    parser.add_argument("--sequences", help="comma-separated sequences (default: the split's)")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
+    parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
+    args = parser.parse_args(argv)
+    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
+    from vidseg.evaluation import read_mask
+
+    sequences = (
+        args.sequences.split(",") if args.sequences else read_sequence_list(args.data, args.split)
+    )
+    inputs = []
+    for sequence in sequences:
+        frame = open_sequence(args.data, sequence, max_frames=1)[0]
+        truth = read_mask(args.data / "Annotations" / "480p" / sequence / "00000.png") > 0
+        inputs.append((sequence, frame, truth))
+    cap = args.max_clicks
+    summary, rows = [], {}
+    for key in args.engines.split(","):
+        name, overrides = ENGINES[key]
+        engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+        curves, timings = [], []
+        for sequence, frame, truth in inputs:
+            curve, seconds = click_curve(engine, frame, truth, cap)
+            curves.append(curve)
+            timings.append(seconds)
+            rows.setdefault(sequence, []).append(
+                f"{100 * curve[0]:.1f} / {clicks_to_reach(curve, 0.85, cap)} "
+                f"/ {clicks_to_reach(curve, 0.90, cap)}"
+            )
+            print(f"[{key}] {sequence}: {rows[sequence][-1]}", file=sys.stderr, flush=True)
+        curves_array = np.array(curves)
+        noc85 = np.mean([clicks_to_reach(c, 0.85, cap) for c in curves])
+        noc90 = np.mean([clicks_to_reach(c, 0.90, cap) for c in curves])
+        miou = [100 * curves_array[:, k - 1].mean() for k in (1, 3, 5)]
+        summary.append(
+            f"| {name} | {noc85:.2f} | {noc90:.2f} | "
+            + " | ".join(f"{v:.1f}" for v in miou)
+            + f" | {np.mean(timings):.2f} |"
+        )
+    command = "python benchmarks/clicks.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    machine = "; ".join(f"{k} {v}" for k, v in machine_description().items())
+    body = "\n".join(
+        [
+            f"## Click to mask: simulated clicks on DAVIS 2016 {args.split} first frames",
+            "",
+            f"Measured {date.today()} with",
+            "",
+            "```",
+            command.strip(),
+            "```",
+            "",
+            f"{len(sequences)} first frames at 854x480. Each click goes to the interior of the "
+            "larger error region (positive on a missed part, negative on a wrong one), through "
+            "`TrackingSession.add_points`. NoC@k: clicks to reach IoU k% (capped at "
+            f"{cap}); mIoU@n: mean IoU after n clicks. Machine: {machine}.",
+            "",
+            "| engine | NoC@85 | NoC@90 | mIoU@1 | mIoU@3 | mIoU@5 | s per click |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *summary,
+            "",
+            "Per sequence, IoU@1 / NoC@85 / NoC@90, engines in the order above:",
+            "",
+            "| sequence | " + " | ".join(args.engines.split(",")) + " |",
+            "| --- | " + " | ".join("---:" for _ in args.engines.split(",")) + " |",
+            *[f"| {sequence} | " + " | ".join(cells) + " |" for sequence, cells in rows.items()],
+            "",
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        write_section(
+            BENCHMARKS_MD, SECTION if args.split == "val" else f"{SECTION}-{args.split}", body
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

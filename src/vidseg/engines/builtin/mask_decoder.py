@@ -1,0 +1,69 @@
+"""The mask decoder: from the value read out of memory at stride 16, up through the encoder's
+stride-8 and stride-4 features, to a mask logit at stride 4 (U-Net style skips)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class UpsampleFuse(nn.Module):
+    """Upsample x2, add the projected skip features, refine."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, out_channels, 1)
+        self.skip = nn.Conv2d(skip_channels, out_channels, 1)
+        self.refine = ResidualBlock(out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(
+            self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.refine(x + self.skip(skip))
+
+
+class MaskDecoder(nn.Module):
+    """(read-out values, query features at strides 16/8/4) -> mask logit at stride 4.
+
+    The query frame's own features enter at every scale: they carry the edges the coarse
+    read-out lacks. ``query16`` is the projected stride-16 feature map, computed once per frame
+    and shared by all objects (see :meth:`project_query`).
+    """
+
+    def __init__(self, value_channels: int = 64, channels: tuple[int, int, int] = (64, 32, 16)):
+        super().__init__()
+        c16, c8, c4 = channels
+        self.query_projection = nn.Conv2d(112, c16, 1)
+        self.fuse16 = nn.Conv2d(value_channels + c16, c16, 3, 1, 1)
+        self.refine16 = ResidualBlock(c16)
+        self.up8 = UpsampleFuse(c16, 40, c8)
+        self.up4 = UpsampleFuse(c8, 24, c4)
+        self.logit = nn.Conv2d(c4, 1, 3, 1, 1)
+
+    def project_query(self, features16: torch.Tensor) -> torch.Tensor:
+        return self.query_projection(features16)
+
+    def forward(
+        self,
+        readout: torch.Tensor,
+        query16: torch.Tensor,
+        features8: torch.Tensor,
+        features4: torch.Tensor,
+    ) -> torch.Tensor:
+        """All inputs batched over objects (N); returns (N, 1, H/4, W/4) logits."""
+        x = self.refine16(self.fuse16(torch.cat([readout, query16], 1)))
+        x = self.up8(x, features8)
+        x = self.up4(x, features4)
+        return self.logit(F.relu(x))

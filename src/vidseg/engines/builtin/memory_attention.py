@@ -1,0 +1,51 @@
+"""Learned memory read-out: a query frame attends to the memory frames' keys (STM / XMem style).
+
+Keys are a learned projection of the encoder's stride-16 features, shared by every object, so
+the affinity between a query frame and memory is computed once per frame whatever the number of
+objects; only the value read-out is per object.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+KEY_CHANNELS = 64
+
+
+class KeyProjection(nn.Module):
+    """Stride-16 encoder features (112 channels) to matching keys (``KEY_CHANNELS``)."""
+
+    def __init__(self, in_channels: int = 112, key_channels: int = KEY_CHANNELS) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(in_channels, key_channels, 1)
+
+    def forward(self, features16: torch.Tensor) -> torch.Tensor:
+        return self.projection(features16)
+
+
+def memory_affinity(query_key: torch.Tensor, memory_keys: torch.Tensor) -> torch.Tensor:
+    """Softmax attention weights of every query cell over every memory cell.
+
+    ``query_key``: (N, C, H, W); ``memory_keys``: (N, C, M) for M memory cells. Returns
+    (N, H*W, M), each row summing to one (the softmax runs over the contiguous last axis, which is
+    several times faster than over the memory axis in the other layout). The similarity is the
+    negative squared Euclidean distance (XMem found it steadier than the dot product); the
+    query's own norm is constant over memory cells, so it drops out of the softmax.
+    """
+    channels = query_key.shape[1]
+    query = query_key.flatten(2).transpose(1, 2)  # (N, HW, C)
+    similarity = torch.baddbmm(
+        -memory_keys.pow(2).sum(1, keepdim=True), query, memory_keys, alpha=2.0
+    )
+    return torch.softmax(similarity / math.sqrt(channels), dim=2)
+
+
+def read_values(
+    affinity: torch.Tensor, memory_values: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Weighted memory values per query cell: (N, HW, M) x (N, V, M) -> (N, V, H, W)."""
+    readout = torch.bmm(memory_values, affinity.transpose(1, 2))
+    return readout.reshape(readout.shape[0], readout.shape[1], *size)

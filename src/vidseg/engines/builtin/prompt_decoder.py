@@ -1,0 +1,107 @@
+"""The prompt decoder: clicks, a box and the object's current mask on one frame become a mask.
+
+Prompts enter as maps at stride 4 (positive clicks, negative clicks, the box, the current
+mask) and, for the clicks, as similarity maps at stride 16: how much each cell's encoder
+features resemble the clicked cells'. The similarity gives the decoder the whole frame's view
+from one click (a textured object is selected in full); the maps give exact positions. The
+decoding path is the mask decoder's: stride 16 up through the stride-8 and stride-4 features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidseg.engines.builtin.mask_decoder import ResidualBlock, UpsampleFuse
+from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, load_frozen
+
+PROMPT_MAPS = 4  # positive clicks, negative clicks, box, current mask
+
+
+def click_similarity(
+    features16: torch.Tensor, positive: np.ndarray, negative: np.ndarray
+) -> torch.Tensor:
+    """(2, h, w): the best cosine similarity of each stride-16 cell to the positive and to the
+    negative clicked cells (zeros when there are none). ``positive`` / ``negative`` are (K, 2)
+    (x, y) positions in stride-16 cells."""
+    features = F.normalize(features16[0], dim=0)  # (C, h, w)
+    height, width = features.shape[1:]
+    maps = []
+    for cells in (positive, negative):
+        if len(cells) == 0:
+            maps.append(torch.zeros(height, width))
+            continue
+        cols = np.clip(np.asarray(cells)[:, 0].astype(int), 0, width - 1)
+        rows = np.clip(np.asarray(cells)[:, 1].astype(int), 0, height - 1)
+        clicked = features[:, rows, cols]  # (C, K)
+        maps.append(torch.einsum("chw,ck->khw", features, clicked).amax(0))
+    return torch.stack(maps)
+
+
+def prompt_maps(
+    size: tuple[int, int],
+    positive: np.ndarray,
+    negative: np.ndarray,
+    box: np.ndarray | None,
+    current: np.ndarray | None,
+    radius: float = 1.5,
+) -> torch.Tensor:
+    """(PROMPT_MAPS, h, w) maps at stride 4: discs at the clicks (positions in stride-4 cells),
+    the box's inside (x1, y1, x2, y2 in cells) and the current soft mask (already at ``size``)."""
+    height, width = size
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    maps = torch.zeros(PROMPT_MAPS, height, width)
+    for channel, cells in ((0, positive), (1, negative)):
+        for x, y in np.asarray(cells).reshape(-1, 2):
+            disc = ((cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2) <= radius**2
+            maps[channel][disc] = 1.0
+    if box is not None:
+        x1, y1, x2, y2 = box
+        # Clamped: a slice from a negative start would wrap around to the far edge.
+        top, left = max(0, int(y1)), max(0, int(x1))
+        maps[2][top : max(top, int(np.ceil(y2))), left : max(left, int(np.ceil(x2)))] = 1.0
+    if current is not None:
+        maps[3] = torch.as_tensor(current, dtype=torch.float32)
+    return maps
+
+
+class PromptDecoder(nn.Module):
+    """(stride-16/8/4 features, prompt maps at stride 4, click similarity at stride 16) ->
+    mask logit at stride 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feature_projection = nn.Conv2d(112, 64, 1)
+        self.prompt_down = nn.Sequential(
+            nn.Conv2d(PROMPT_MAPS, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 32, 3, 2, 1)
+        )
+        self.fuse16 = nn.Conv2d(64 + 32 + 2, 64, 3, 1, 1)
+        self.refine16 = nn.Sequential(ResidualBlock(64), ResidualBlock(64))
+        self.up8 = UpsampleFuse(64, 40, 32)
+        self.up4 = UpsampleFuse(32, 24 + PROMPT_MAPS, 16)
+        self.logit = nn.Conv2d(16, 1, 3, 1, 1)
+
+    def forward(
+        self,
+        features16: torch.Tensor,
+        features8: torch.Tensor,
+        features4: torch.Tensor,
+        maps4: torch.Tensor,
+        similarity16: torch.Tensor,
+    ) -> torch.Tensor:
+        x = torch.cat(
+            [self.feature_projection(features16), self.prompt_down(maps4), similarity16], 1
+        )
+        x = self.refine16(self.fuse16(x))
+        x = self.up8(x, features8)
+        x = self.up4(x, torch.cat([features4, maps4], 1))
+        return self.logit(F.relu(x))
+
+    @classmethod
+    def pretrained(cls, path: str | Path = PROMPT_WEIGHTS_PATH) -> PromptDecoder:
+        """The decoder with the shipped weights, in eval mode, gradients off."""
+        return load_frozen(cls(), path)

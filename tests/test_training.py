@@ -1,0 +1,69 @@
+"""The training code in training/: clip sampling and the loss going down on real features."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidseg.demo.synthetic import render_synthetic_video
+from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
+from vidseg.engines.builtin.network import TrackingNetwork
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import train_tracker  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sequence() -> train_tracker.Sequence:
+    """A synthetic clip encoded like the feature cache does (original and mirrored)."""
+    video = render_synthetic_video(num_frames=8, width=192, height=128, seed=1)
+    encoder = EfficientNetLite0Encoder.pretrained()
+    frames = torch.from_numpy(np.stack(video.frames)).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(np.stack(video.labels) == 1).to(torch.uint8)
+    both = torch.stack([frames, frames.flip(-1)])
+    with torch.inference_mode():
+        encoded = [encoder(normalize(images)) for images in both]
+    return train_tracker.Sequence(
+        "synthetic",
+        stride4=torch.stack([e.stride4 for e in encoded]).half(),
+        stride8=torch.stack([e.stride8 for e in encoded]).half(),
+        stride16=torch.stack([e.stride16 for e in encoded]).half(),
+        masks=torch.stack([masks, masks.flip(-1)]),
+    )
+
+
+def test_sampled_clips_are_cropped_consistently_and_show_the_object(sequence) -> None:
+    rng = np.random.default_rng(0)
+    batch = train_tracker.sample_batch([sequence], rng, batch_size=4, max_gap=3, crop_cells=(6, 8))
+    assert batch.masks.shape == (4, 3, 1, 96, 128)
+    assert batch.stride16.shape == (4, 3, 112, 6, 8)
+    assert batch.stride8.shape == (4, 3, 40, 12, 16)
+    assert batch.stride4.shape == (4, 3, 24, 24, 32)
+    assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
+
+
+def test_a_few_steps_lower_the_loss_on_a_batch(sequence) -> None:
+    torch.manual_seed(0)
+    batch = train_tracker.sample_batch(
+        [sequence], np.random.default_rng(1), batch_size=2, max_gap=2, crop_cells=(6, 8)
+    )
+    network = TrackingNetwork()
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        logits = train_tracker.clip_logits(network, batch)
+        targets = [torch.nn.functional.avg_pool2d(batch.masks[:, t + 1], 2) for t in range(2)]
+        pairs = zip(logits, targets, strict=True)
+        return sum(train_tracker.segmentation_loss(logit, t, 1.0) for logit, t in pairs)
+
+    first = loss().item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    assert loss().item() < 0.7 * first

@@ -1,0 +1,198 @@
+"""Train the click/box-to-mask prompt decoder on cached DAVIS 2016 train features.
+
+Each sample is one train frame (mirrored or not, randomly cropped) with simulated prompts of
+one of three kinds, as an annotator gives them:
+- clicks: 1-3 positive clicks inside the object (the first one well inside) and 0-3 negative
+  clicks near it;
+- a box: the object's box, jittered by up to 10% of its size, sometimes with one click;
+- a correction: a damaged version of the true mask (grown, shrunk, with blobs added or cut)
+  as the current mask, plus a click in the middle of its largest error region, as the
+  simulated-click protocol of the benchmark does.
+
+    python training/train_prompts.py     # about 10 minutes on 2 CPU cores, writes the weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
+from train_tracker import load_sequences, segmentation_loss
+
+from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
+from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
+
+
+def interior_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of ``mask`` to its border (the frame edge counts as border)."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+
+
+def pick(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.ndarray:
+    """``count`` random (x, y) points among the True pixels of ``candidates``."""
+    ys, xs = np.nonzero(candidates)
+    if len(xs) == 0 or count == 0:
+        return np.zeros((0, 2))
+    chosen = rng.integers(len(xs), size=count)
+    return np.stack([xs[chosen], ys[chosen]], 1) + 0.5
+
+
+def damaged(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The mask grown or shrunk, with a random blob added or cut: a plausible wrong mask."""
+    radius = int(rng.integers(2, 16))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    operation = cv2.dilate if rng.random() < 0.5 else cv2.erode
+    out = operation(mask.astype(np.uint8), kernel) > 0
+    height, width = mask.shape
+    for _ in range(int(rng.integers(0, 3))):
+        blob = np.zeros((height, width), np.uint8)
+        centre = (int(rng.integers(width)), int(rng.integers(height)))
+        axes = (int(rng.integers(8, width // 4)), int(rng.integers(8, height // 4)))
+        cv2.ellipse(blob, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        out = out | (blob > 0) if rng.random() < 0.5 else out & (blob == 0)
+    return out
+
+
+def simulate_prompt(mask: np.ndarray, rng: np.random.Generator):
+    """(positive, negative, box, current) for one sample; points in input pixels."""
+    inside = interior_distance(mask)
+    outside = interior_distance(~mask)
+    near = (outside > 4) & (outside < 40)
+    positive, negative = np.zeros((0, 2)), np.zeros((0, 2))
+    box, current = None, None
+    kind = rng.choice(3, p=[0.5, 0.2, 0.3])
+    if kind == 0:
+        positive = np.concatenate(
+            [pick(rng, inside >= 0.5 * inside.max(), 1), pick(rng, inside > 3, rng.integers(0, 3))]
+        )
+        negative = pick(rng, near, int(rng.integers(0, 4)))
+    elif kind == 1:
+        ys, xs = np.nonzero(mask)
+        x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        jitter = rng.uniform(-0.1, 0.1, 4) * np.array([x2 - x1, y2 - y1, x2 - x1, y2 - y1])
+        box = np.array([x1, y1, x2, y2], float) + jitter
+        if rng.random() < 0.3:
+            positive = pick(rng, inside >= 0.5 * inside.max(), 1)
+    else:
+        current = damaged(mask, rng)
+        positive = pick(rng, inside >= 0.5 * inside.max(), int(rng.integers(0, 3)))
+        missed, extra = interior_distance(mask & ~current), interior_distance(current & ~mask)
+        if missed.max() >= extra.max() and missed.max() > 0:
+            positive = np.concatenate([positive, pick(rng, missed >= missed.max() * 0.9, 1)])
+        elif extra.max() > 0:
+            negative = pick(rng, extra >= extra.max() * 0.9, 1)
+        if len(positive) == 0 and len(negative) == 0:
+            positive = pick(rng, inside >= 0.5 * inside.max(), 1)
+    return positive, negative, box, current
+
+
+def sample_batch(sequences, rng, batch_size: int, crop_cells=(16, 28)):
+    parts = {
+        "stride4": [],
+        "stride8": [],
+        "stride16": [],
+        "maps": [],
+        "similarity": [],
+        "masks": [],
+    }
+    while len(parts["masks"]) < batch_size:
+        sequence = sequences[rng.integers(len(sequences))]
+        frame, mirror = int(rng.integers(sequence.length)), int(rng.integers(2))
+        top = int(rng.integers(0, sequence.stride16.shape[-2] - crop_cells[0] + 1))
+        left = int(rng.integers(0, sequence.stride16.shape[-1] - crop_cells[1] + 1))
+        mask = (
+            sequence.masks[
+                mirror,
+                frame,
+                top * 16 : (top + crop_cells[0]) * 16,
+                left * 16 : (left + crop_cells[1]) * 16,
+            ].numpy()
+            > 0
+        )
+        if mask.sum() < 256:
+            continue
+        features = {}
+        for stride in (4, 8, 16):
+            scale = 16 // stride
+            features[stride] = getattr(sequence, f"stride{stride}")[
+                mirror,
+                frame,
+                :,
+                top * scale : (top + crop_cells[0]) * scale,
+                left * scale : (left + crop_cells[1]) * scale,
+            ].float()
+        positive, negative, box, current = simulate_prompt(mask, rng)
+        size4 = (mask.shape[0] // 4, mask.shape[1] // 4)
+        current4 = None
+        if current is not None:
+            current4 = cv2.resize(
+                current.astype(np.float32), size4[::-1], interpolation=cv2.INTER_AREA
+            )
+        parts["maps"].append(
+            prompt_maps(
+                size4, positive / 4, negative / 4, None if box is None else box / 4, current4
+            )
+        )
+        parts["similarity"].append(
+            click_similarity(features[16][None], positive / 16, negative / 16)
+        )
+        for stride in (4, 8, 16):
+            parts[f"stride{stride}"].append(features[stride])
+        parts["masks"].append(torch.from_numpy(mask).float()[None])
+    return {key: torch.stack(value) for key, value in parts.items()}
+
+
+def train(arguments: argparse.Namespace) -> None:
+    torch.manual_seed(arguments.seed)
+    torch.set_num_threads(arguments.threads)
+    rng = np.random.default_rng(arguments.seed)
+    sequences = load_sequences(build_cache(arguments.davis_root, arguments.cache_dir))
+    decoder = PromptDecoder()
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=arguments.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=arguments.lr, total_steps=arguments.steps, pct_start=0.05
+    )
+    started, running = time.perf_counter(), 0.0
+    for step in range(arguments.steps):
+        hard_fraction = 1.0 - 0.85 * min(1.0, step / (0.3 * arguments.steps))
+        batch = sample_batch(sequences, rng, arguments.batch_size)
+        logits = decoder(
+            batch["stride16"],
+            batch["stride8"],
+            batch["stride4"],
+            batch["maps"],
+            batch["similarity"],
+        )
+        logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+        loss = segmentation_loss(logits, F.avg_pool2d(batch["masks"], 2), hard_fraction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == arguments.steps - 1:
+            minutes = (time.perf_counter() - started) / 60
+            print(f"step {step:5d}  loss {running:.4f}  {minutes:5.1f} min", flush=True)
+    save_half(decoder, arguments.output)
+    print(f"wrote {arguments.output}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--output", type=Path, default=PROMPT_WEIGHTS_PATH)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    train(parser.parse_args())

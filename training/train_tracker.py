@@ -1,0 +1,211 @@
+"""Train the built-in engine's learned parts (key projection, memory encoder, mask decoder).
+
+On the 30 DAVIS 2016 train sequences only, on cached frozen-encoder features (see
+``feature_cache.py``; built first if missing). STM-style: each sample is three frames of one
+sequence, at random gaps and in random temporal order; the first comes with its true mask, the
+second is predicted from it, and the third from both (with the second's *predicted* mask, as at
+inference). Seeded and deterministic on CPU.
+
+    python training/train_tracker.py        # about 40 minutes on 2 CPU cores, writes the weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
+
+from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_half
+
+CLIP_FRAMES = 3
+
+
+@dataclass
+class Sequence:
+    name: str
+    stride4: torch.Tensor  # (2 mirrors, T, 24, H/4, W/4) float16
+    stride8: torch.Tensor
+    stride16: torch.Tensor
+    masks: torch.Tensor  # (2, T, H, W) uint8
+
+    @property
+    def length(self) -> int:
+        return self.masks.shape[1]
+
+
+@dataclass
+class Batch:
+    stride4: torch.Tensor  # (B, CLIP_FRAMES, C, h, w) float32
+    stride8: torch.Tensor
+    stride16: torch.Tensor
+    masks: torch.Tensor  # (B, CLIP_FRAMES, 1, H, W) float32
+
+
+def load_sequences(paths: list[Path]) -> list[Sequence]:
+    sequences = []
+    for path in paths:
+        cached = torch.load(path, weights_only=True)
+        sequences.append(Sequence(path.stem, **cached))
+    return sequences
+
+
+def sample_batch(
+    sequences: list[Sequence],
+    rng: np.random.Generator,
+    batch_size: int,
+    max_gap: int,
+    crop_cells: tuple[int, int],
+) -> Batch:
+    """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
+    order, and a random crop (in stride-16 cells) in which the first frame shows the object."""
+    parts: dict[str, list[torch.Tensor]] = {
+        "stride4": [],
+        "stride8": [],
+        "stride16": [],
+        "masks": [],
+    }
+    while len(parts["masks"]) < batch_size:
+        sequence = sequences[rng.integers(len(sequences))]
+        gaps = rng.integers(1, max_gap + 1, size=CLIP_FRAMES - 1)
+        gaps = np.minimum(gaps, (sequence.length - 1) // (CLIP_FRAMES - 1))
+        start = rng.integers(0, sequence.length - gaps.sum())
+        frames = start + np.concatenate([[0], np.cumsum(gaps)])
+        if rng.random() < 0.5:
+            frames = frames[::-1].copy()
+        mirror = int(rng.integers(2))
+        cells_high, cells_wide = sequence.stride16.shape[-2:]
+        top = rng.integers(0, cells_high - crop_cells[0] + 1)
+        left = rng.integers(0, cells_wide - crop_cells[1] + 1)
+        masks = sequence.masks[
+            mirror,
+            frames,
+            top * 16 : (top + crop_cells[0]) * 16,
+            left * 16 : (left + crop_cells[1]) * 16,
+        ]
+        if masks[0].sum() < 64:  # the object must be visible in the prompted frame
+            continue
+        parts["masks"].append(masks.float()[:, None])
+        for stride in (4, 8, 16):
+            scale = 16 // stride
+            features = getattr(sequence, f"stride{stride}")[mirror, frames]
+            parts[f"stride{stride}"].append(
+                features[
+                    ...,
+                    top * scale : (top + crop_cells[0]) * scale,
+                    left * scale : (left + crop_cells[1]) * scale,
+                ].float()
+            )
+    return Batch(**{key: torch.stack(value) for key, value in parts.items()})
+
+
+def clip_logits(network: TrackingNetwork, batch: Batch) -> list[torch.Tensor]:
+    """Propagate the first frame's mask through the clip; logits (B, 1, H/2, W/2) per later
+    frame (the loss is taken at stride 2: near full-size boundary accuracy, far cheaper)."""
+    size, frames = (batch.masks.shape[-2] // 2, batch.masks.shape[-1] // 2), batch.masks.shape[1]
+    flat16 = batch.stride16.flatten(0, 1)
+    keys = network.key_projection(flat16).unflatten(0, (-1, frames))
+    queries = network.mask_decoder.project_query(flat16).unflatten(0, (-1, frames))
+    memory_keys = [keys[:, 0].flatten(2)]
+    memory_values = [
+        network.memory_encoder(batch.stride16[:, 0], F.avg_pool2d(batch.masks[:, 0], 4)).flatten(2)
+    ]
+    logits = []
+    for t in range(1, frames):
+        logit4 = network.segment(
+            keys[:, t],
+            queries[:, t],
+            batch.stride8[:, t],
+            batch.stride4[:, t],
+            torch.cat(memory_keys, 2),
+            torch.cat(memory_values, 2),
+        )
+        logits.append(F.interpolate(logit4, size=size, mode="bilinear", align_corners=False))
+        if t + 1 < frames:
+            memory_keys.append(keys[:, t].flatten(2))
+            memory_values.append(
+                network.memory_encoder(batch.stride16[:, t], torch.sigmoid(logit4)).flatten(2)
+            )
+    return logits
+
+
+def segmentation_loss(
+    logit: torch.Tensor, target: torch.Tensor, hard_fraction: float
+) -> torch.Tensor:
+    """Bootstrapped cross-entropy (the hardest ``hard_fraction`` of pixels) plus soft Dice."""
+    pixel_loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none").flatten(1)
+    if hard_fraction < 1.0:
+        count = max(1, int(pixel_loss.shape[1] * hard_fraction))
+        pixel_loss = pixel_loss.topk(count, dim=1).values
+    probability = torch.sigmoid(logit).flatten(1)
+    target = target.flatten(1)
+    dice = 1 - (2 * (probability * target).sum(1) + 1) / (probability.sum(1) + target.sum(1) + 1)
+    return pixel_loss.mean() + dice.mean()
+
+
+def train(arguments: argparse.Namespace) -> None:
+    torch.manual_seed(arguments.seed)
+    torch.set_num_threads(arguments.threads)
+    rng = np.random.default_rng(arguments.seed)
+    paths = build_cache(arguments.davis_root, arguments.cache_dir)
+    if arguments.hold_out:
+        # Every fifth train sequence left out: a held-out part of train on which inference
+        # settings can be chosen without looking at val.
+        paths = [p for i, p in enumerate(paths) if i % 5 != 4]
+    sequences = load_sequences(paths)
+    print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
+    network = TrackingNetwork()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=arguments.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=arguments.lr, total_steps=arguments.steps, pct_start=0.05
+    )
+    started, running = time.perf_counter(), 0.0
+    for step in range(arguments.steps):
+        progress = step / arguments.steps
+        # Curricula as in STM/XMem: longer gaps and harder pixels as training goes on.
+        max_gap = round(3 + (arguments.max_gap - 3) * min(1.0, progress / 0.5))
+        hard_fraction = 1.0 - 0.85 * min(1.0, progress / 0.3)
+        batch = sample_batch(sequences, rng, arguments.batch_size, max_gap, (16, 28))
+        logits = clip_logits(network, batch)
+        loss = sum(
+            segmentation_loss(logit, F.avg_pool2d(batch.masks[:, t + 1], 2), hard_fraction)
+            for t, logit in enumerate(logits)
+        ) / len(logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == arguments.steps - 1:
+            elapsed = time.perf_counter() - started
+            print(
+                f"step {step:5d}  loss {running:.4f}  gap {max_gap:2d}  {elapsed / 60:5.1f} min",
+                flush=True,
+            )
+    save_half(network, arguments.output)
+    print(f"wrote {arguments.output}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--output", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-gap", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hold-out",
+        action="store_true",
+        help="leave every fifth train sequence out (to choose inference settings on them)",
+    )
+    train(parser.parse_args())
