@@ -15,7 +15,6 @@ one of three kinds, as an annotator gives them:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
-from train_tracker import load_sequences, segmentation_loss
+from train_tracker import fit, load_sequences, segmentation_loss
 
 from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
@@ -155,12 +154,8 @@ def train(arguments: argparse.Namespace) -> None:
     rng = np.random.default_rng(arguments.seed)
     sequences = load_sequences(build_cache(arguments.davis_root, arguments.cache_dir))
     decoder = PromptDecoder()
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=arguments.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=arguments.lr, total_steps=arguments.steps, pct_start=0.05
-    )
-    started, running = time.perf_counter(), 0.0
-    for step in range(arguments.steps):
+
+    def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
         hard_fraction = 1.0 - 0.85 * min(1.0, step / (0.3 * arguments.steps))
         batch = sample_batch(sequences, rng, arguments.batch_size)
         logits = decoder(
@@ -171,16 +166,9 @@ def train(arguments: argparse.Namespace) -> None:
             batch["similarity"],
         )
         logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
-        loss = segmentation_loss(logits, F.avg_pool2d(batch["masks"], 2), hard_fraction)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
-        if step % 100 == 0 or step == arguments.steps - 1:
-            minutes = (time.perf_counter() - started) / 60
-            print(f"step {step:5d}  loss {running:.4f}  {minutes:5.1f} min", flush=True)
+        return segmentation_loss(logits, F.avg_pool2d(batch["masks"], 2), hard_fraction), ""
+
+    fit(decoder, prompt_loss, arguments.steps, arguments.lr)
     save_half(decoder, arguments.output)
     print(f"wrote {arguments.output}", flush=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
 from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_half
 
 CLIP_FRAMES = 3
+# Chance that a predicted frame of a clip is a cut to another sequence, and again that the
+# object is covered by an occluder (see hide_object).
+ABSENCE_PROBABILITY = 0.1
 
 
 @dataclass
@@ -63,7 +67,8 @@ def sample_batch(
     crop_cells: tuple[int, int],
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
-    order, and a random crop (in stride-16 cells) in which the first frame shows the object."""
+        order, and a random crop (in stride-16 cells) in which the first frame shows the object; the
+    later frames may hide the object (:func:`hide_object`)."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
         "stride8": [],
@@ -90,18 +95,64 @@ def sample_batch(
         ]
         if masks[0].sum() < 64:  # the object must be visible in the prompted frame
             continue
-        parts["masks"].append(masks.float()[:, None])
+        clip = {"masks": masks.float()[:, None]}
         for stride in (4, 8, 16):
             scale = 16 // stride
             features = getattr(sequence, f"stride{stride}")[mirror, frames]
-            parts[f"stride{stride}"].append(
-                features[
-                    ...,
-                    top * scale : (top + crop_cells[0]) * scale,
-                    left * scale : (left + crop_cells[1]) * scale,
-                ].float()
-            )
+            clip[f"stride{stride}"] = features[
+                ...,
+                top * scale : (top + crop_cells[0]) * scale,
+                left * scale : (left + crop_cells[1]) * scale,
+            ].float()
+        for t in range(1, CLIP_FRAMES):
+            hide_object(clip, t, sequences, rng, mirror, (top, left), crop_cells)
+        for key, value in clip.items():
+            parts[key].append(value)
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
+
+
+def hide_object(
+    clip: dict[str, torch.Tensor],
+    t: int,
+    sequences: list[Sequence],
+    rng: np.random.Generator,
+    mirror: int,
+    corner: tuple[int, int],
+    crop_cells: tuple[int, int],
+) -> None:
+    """Teach absence: with probability ``ABSENCE_PROBABILITY`` each, frame ``t`` of the clip
+    becomes a frame of another sequence (a cut: the object is nowhere), or the object's box
+    is covered by the same region of another sequence's frame (an occluder), in every feature
+    map; the truth loses what was hidden."""
+    draw = rng.random()
+    if draw >= 2 * ABSENCE_PROBABILITY:
+        return
+    other = sequences[rng.integers(len(sequences))]
+    frame = int(rng.integers(other.length))
+    top, left = corner
+    mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0  # cells the object touches
+    if draw < ABSENCE_PROBABILITY or not mask16.any():
+        box = (0, crop_cells[0], 0, crop_cells[1])
+    else:
+        rows, cols = torch.nonzero(mask16, as_tuple=True)
+        box = (
+            max(0, int(rows.min()) - 1),
+            min(crop_cells[0], int(rows.max()) + 2),
+            max(0, int(cols.min()) - 1),
+            min(crop_cells[1], int(cols.max()) + 2),
+        )
+    y1, y2, x1, x2 = box
+    for stride in (4, 8, 16):
+        scale = 16 // stride
+        source = getattr(other, f"stride{stride}")[
+            mirror,
+            frame,
+            :,
+            (top + y1) * scale : (top + y2) * scale,
+            (left + x1) * scale : (left + x2) * scale,
+        ]
+        clip[f"stride{stride}"][t, :, y1 * scale : y2 * scale, x1 * scale : x2 * scale] = source
+    clip["masks"][t, :, y1 * 16 : y2 * 16, x1 * 16 : x2 * 16] = 0
 
 
 def clip_logits(network: TrackingNetwork, batch: Batch) -> list[torch.Tensor]:
@@ -148,6 +199,33 @@ def segmentation_loss(
     return pixel_loss.mean() + dice.mean()
 
 
+def fit(
+    module: torch.nn.Module,
+    batch_loss: Callable[[int], tuple[torch.Tensor, str]],
+    steps: int,
+    lr: float,
+) -> None:
+    """The optimisation loop both training scripts share: AdamW with a one-cycle learning
+    rate, gradient clipping, a smoothed loss printed every 100 steps. ``batch_loss(step)``
+    samples a batch and returns its loss and a note for the log line."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=steps, pct_start=0.05
+    )
+    started, running = time.perf_counter(), 0.0
+    for step in range(steps):
+        loss, note = batch_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            minutes = (time.perf_counter() - started) / 60
+            print(f"step {step:5d}  loss {running:.4f}  {note}  {minutes:5.1f} min", flush=True)
+
+
 def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
@@ -160,12 +238,8 @@ def train(arguments: argparse.Namespace) -> None:
     sequences = load_sequences(paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     network = TrackingNetwork()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=arguments.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=arguments.lr, total_steps=arguments.steps, pct_start=0.05
-    )
-    started, running = time.perf_counter(), 0.0
-    for step in range(arguments.steps):
+
+    def clip_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
         # Curricula as in STM/XMem: longer gaps and harder pixels as training goes on.
         max_gap = round(3 + (arguments.max_gap - 3) * min(1.0, progress / 0.5))
@@ -176,18 +250,9 @@ def train(arguments: argparse.Namespace) -> None:
             segmentation_loss(logit, F.avg_pool2d(batch.masks[:, t + 1], 2), hard_fraction)
             for t, logit in enumerate(logits)
         ) / len(logits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
-        if step % 100 == 0 or step == arguments.steps - 1:
-            elapsed = time.perf_counter() - started
-            print(
-                f"step {step:5d}  loss {running:.4f}  gap {max_gap:2d}  {elapsed / 60:5.1f} min",
-                flush=True,
-            )
+        return loss, f"gap {max_gap:2d}"
+
+    fit(network, clip_loss, arguments.steps, arguments.lr)
     save_half(network, arguments.output)
     print(f"wrote {arguments.output}", flush=True)
 
