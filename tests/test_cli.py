@@ -110,6 +110,9 @@ def test_track_writes_palette_pngs_named_by_index(tracked) -> None:
     # --timings goes to stderr, stage by stage.
     for stage in ("load engine", "decode", "engine", "write", "total"):
         assert stage in stderr
+    # ... and the engine's own stages beneath it, indented.
+    for stage in ("encoder", "read-out", "decoder"):
+        assert f"    {stage}" in stderr
     assert "1: mask@0" in stderr and "2: box@0" in stderr
 
 

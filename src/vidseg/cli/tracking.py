@@ -66,6 +66,8 @@ class TrackingStats:
     objects: int = 0
     seconds: float = 0.0  # propagation and writing, from the first frame to the last output
     stages: dict[str, float] = field(default_factory=dict)
+    #: The engine stage split further, as the engine's trackers report it (encoder, ...).
+    engine_stages: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -82,9 +84,17 @@ class TrackingStats:
 
     def timings(self) -> str:
         """Per-stage timings, one ``stage: seconds`` line each."""
-        width = max(len(name) for name in self.stages) if self.stages else 0
+        names = [*self.stages, *(f"  {name}" for name in self.engine_stages)]
+        width = max(len(name) for name in names) if names else 0
         total = sum(self.stages.values())
-        lines = [f"  {name:<{width}}  {secs:7.2f} s" for name, secs in self.stages.items()]
+        lines = []
+        for name, secs in self.stages.items():
+            lines.append(f"  {name:<{width}}  {secs:7.2f} s")
+            if name == "engine":
+                lines += [
+                    f"  {'  ' + part:<{width}}  {part_secs:7.2f} s"
+                    for part, part_secs in self.engine_stages.items()
+                ]
         lines.append(f"  {'total':<{width}}  {total:7.2f} s")
         return "timings:\n" + "\n".join(lines)
 
@@ -179,6 +189,7 @@ def run_tracking(
             stack.close()  # finish every output; an error there aborts those not yet closed
     stats.seconds = time.perf_counter() - started
     stats.stages = clock.seconds
+    stats.engine_stages = dict(session.engine_stage_seconds)
     return stats
 
 

@@ -20,7 +20,7 @@ from vidseg.session.prompts import ObjectPrompt
 from vidseg.session.results import FrameResult
 
 if TYPE_CHECKING:  # engines import the prompt types from this package
-    from vidseg.engines.base import Engine, ObjectPrediction
+    from vidseg.engines.base import Engine, ObjectPrediction, Tracker
 
 Direction = Literal["forward", "backward", "both"]
 MAX_OBJECT_ID = 255  # masks are written as 8-bit palette PNGs, where pixel value = object id
@@ -55,6 +55,9 @@ class TrackingSession:
         self._prompt_masks: dict[int, dict[int, np.ndarray]] = {}  # what each prompt resolved to
         self._results: dict[int, dict[int, dict]] = {}  # frame -> object -> RLE of the last mask
         self._scores: dict[int, dict[int, float]] = {}
+        #: Seconds the engine's trackers spent per stage (encoder, read-out, ...), summed over
+        #: every propagation so far, for engines whose trackers report ``stage_seconds``.
+        self.engine_stage_seconds: dict[str, float] = {}
 
     # -- what the session holds -----------------------------------------------------------------
     @property
@@ -261,6 +264,15 @@ class TrackingSession:
 
     def _propagate_pass(self, frame_indices: range) -> Iterator[FrameResult]:
         tracker = self.engine.new_tracker(self.info)
+        try:
+            yield from self._track(tracker, frame_indices)
+        finally:
+            for stage, seconds in getattr(tracker, "stage_seconds", {}).items():
+                self.engine_stage_seconds[stage] = (
+                    self.engine_stage_seconds.get(stage, 0.0) + seconds
+                )
+
+    def _track(self, tracker: Tracker, frame_indices: range) -> Iterator[FrameResult]:
         for frame_index in self.prompted_frames:
             tracker.remember(
                 frame_index,
