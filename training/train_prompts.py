@@ -15,14 +15,13 @@ one of three kinds, as an annotator gives them:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
-from train_tracker import fit, load_sequences, segmentation_loss
+from feature_cache import build_cache
+from train_tracker import fit, load_sequences, segmentation_loss, training_arguments
 
 from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
@@ -174,13 +173,5 @@ def train(arguments: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
-    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
-    parser.add_argument("--output", type=Path, default=PROMPT_WEIGHTS_PATH)
-    parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = training_arguments(__doc__.split("\n\n")[0], PROMPT_WEIGHTS_PATH, 2500)
     train(parser.parse_args())

@@ -257,17 +257,23 @@ def train(arguments: argparse.Namespace) -> None:
     print(f"wrote {arguments.output}", flush=True)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def training_arguments(description: str, output: Path, steps: int) -> argparse.ArgumentParser:
+    """The command-line options both training scripts take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
-    parser.add_argument("--output", type=Path, default=WEIGHTS_PATH)
-    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--output", type=Path, default=output)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-gap", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = training_arguments(__doc__.split("\n\n")[0], WEIGHTS_PATH, 3500)
+    parser.add_argument("--max-gap", type=int, default=20)
     parser.add_argument(
         "--hold-out",
         action="store_true",

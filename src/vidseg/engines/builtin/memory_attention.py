@@ -46,6 +46,9 @@ def memory_affinity(query_key: torch.Tensor, memory_keys: torch.Tensor) -> torch
 def read_values(
     affinity: torch.Tensor, memory_values: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
-    """Weighted memory values per query cell: (N, HW, M) x (N, V, M) -> (N, V, H, W)."""
-    readout = torch.bmm(memory_values, affinity.transpose(1, 2))
+    """Weighted memory values per query cell: (N or 1, HW, M) x (N, V, M) -> (N, V, H, W).
+
+    An affinity with N = 1 is shared by all N value sets (several objects, one frame).
+    """
+    readout = torch.matmul(memory_values, affinity.transpose(1, 2))
     return readout.reshape(readout.shape[0], readout.shape[1], *size)

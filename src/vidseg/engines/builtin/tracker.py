@@ -22,7 +22,7 @@ from vidseg.engines.builtin.encoder import (
     encoder_input_size,
     normalize,
 )
-from vidseg.engines.builtin.memory_attention import memory_affinity
+from vidseg.engines.builtin.memory_attention import memory_affinity, read_values
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
 from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.io import VideoInfo
@@ -170,8 +170,8 @@ class BuiltinTracker(MemoryTracker):
             )
             count = len(group)
             with self._stage("read-out"), torch.inference_mode():
-                affinity = memory_affinity(query.key, memory_keys)[0]
-                readout = torch.matmul(memory_values, affinity.T).unflatten(2, query.key.shape[-2:])
+                affinity = memory_affinity(query.key, memory_keys)
+                readout = read_values(affinity, memory_values, query.key.shape[-2:])
             with self._stage("decoder"), torch.inference_mode():
                 group_logits = self.network.mask_decoder(
                     readout,
