@@ -7,7 +7,7 @@ The session is engine-agnostic; the engine only turns prompts into masks and run
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -212,6 +212,33 @@ class TrackingSession:
         self._prompt_masks.clear()
         self._results.clear()
         self._scores.clear()
+
+    def restore_prompt(
+        self, frame_index: int, obj_id: int, prompt: ObjectPrompt, mask: np.ndarray
+    ) -> None:
+        """Put back a prompt together with the mask it resolved to, as saved earlier (a web
+        session reopened after a restart), without running the engine again."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.info.height, self.info.width):
+            raise PromptError(
+                f"restored mask is {mask.shape[1]}x{mask.shape[0]} but the video is "
+                f"{self.info.width}x{self.info.height}: it was saved for another video"
+            )
+        self._check_frame(frame_index)
+        self._check_object_id(obj_id)
+        self._prompts.setdefault(frame_index, {})[obj_id] = prompt
+        masks_on_frame = self._prompt_masks.setdefault(frame_index, {})
+        masks_on_frame.pop(obj_id, None)
+        masks_on_frame[obj_id] = mask
+
+    def restore_result(
+        self, frame_index: int, rles: Mapping[int, dict], scores: Mapping[int, float]
+    ) -> None:
+        """Put back one propagated frame's masks (COCO RLE, see :func:`encode_rle`) and
+        presence scores, as saved from an earlier propagation."""
+        self._check_frame(frame_index)
+        self._results[frame_index] = dict(rles)
+        self._scores[frame_index] = dict(scores)
 
     # -- propagation --------------------------------------------------------------------------
     def propagate(
