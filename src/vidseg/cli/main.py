@@ -1,4 +1,4 @@
-"""The ``vidseg`` command: track, eval, demo, info.
+"""The ``vidseg`` command: track, eval, demo, info, serve.
 
 Errors caused by the user's input print one line, ``vidseg: error: <message>``, on stderr and
 exit with status 1 (bad input: a video, mask, prompt or output location) or 2 (a mistake in
@@ -155,6 +155,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("video", metavar="VIDEO", help="video file or folder of frames")
     info.set_defaults(handler=cmd_info)
+
+    serve = commands.add_parser(
+        "serve",
+        help="open the web app: click, track, correct and export in the browser",
+        description="Serve the vidseg web app. Sessions (objects, prompts, masks) are kept in "
+        "--data-dir and survive restarts. Needs the web extra: pip install 'vidseg[web]'.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
+    serve.add_argument("--port", type=_positive_int("--port"), default=8000, help="default 8000")
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("vidseg-data"),
+        help="where sessions, uploads and exports are kept (default: ./vidseg-data)",
+    )
+    serve.add_argument(
+        "--allow-dir",
+        metavar="DIR",
+        type=Path,
+        action="append",
+        default=None,
+        help="a folder whose videos the page may open by path (repeatable; default: the "
+        "current folder); uploads are always allowed",
+    )
+    serve.add_argument(
+        "--model",
+        choices=("builtin",),
+        default="builtin",
+        help="the segmentation engine, shared by every session (default: builtin)",
+    )
+    serve.add_argument(
+        "--max-upload-mb",
+        metavar="MB",
+        type=_positive_int("--max-upload-mb"),
+        default=500,
+        help="largest video upload accepted (default: 500)",
+    )
+    serve.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int("--threads"),
+        help="CPU threads for the engine (default: torch's choice)",
+    )
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -314,6 +359,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name + ':':<{width + 1}} {value}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from vidseg.web import run_server
+    except ImportError as exc:
+        raise VidsegError(
+            f"the web app needs the web extra ({exc.name} is missing): pip install 'vidseg[web]'"
+        ) from exc
+    from vidseg.cli.tracking import set_threads
+
+    allow_dirs = args.allow_dir or [Path.cwd()]
+    for folder in allow_dirs:
+        if not folder.is_dir():
+            raise VidsegError(f"--allow-dir '{folder}' is not a folder: name an existing folder")
+    from vidseg.engines.builtin import BuiltinEngine
+
+    engine = BuiltinEngine.shared()  # loaded once, before serving; every session shares it
+    if args.threads is not None:
+        set_threads(args.threads)
+    print(
+        f"vidseg web app on http://{args.host}:{args.port}/ (data in {args.data_dir}); "
+        "Ctrl-C stops it",
+        flush=True,
+    )
+    run_server(
+        args.data_dir,
+        host=args.host,
+        port=args.port,
+        allow_dirs=allow_dirs,
+        max_upload_mb=args.max_upload_mb,
+        engine=engine,
+    )
     return 0
 
 
