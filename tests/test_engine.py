@@ -173,7 +173,7 @@ def test_network_output_shapes_batch_over_objects() -> None:
         values = network.memory_encoder(features16.expand(3, -1, -1, -1), masks4)
         key = network.key_projection(features16)
         query16 = network.mask_decoder.project_query(features16)
-        logits = network.segment(
+        decoded = network.segment(
             key.expand(3, -1, -1, -1),
             query16.expand(3, -1, -1, -1),
             torch.randn(1, 40, 10, 14).expand(3, -1, -1, -1),
@@ -181,7 +181,8 @@ def test_network_output_shapes_batch_over_objects() -> None:
             key.flatten(2).expand(3, -1, -1),
             values.flatten(2),
         )
-    assert values.shape == (3, 64, 5, 7) and logits.shape == (3, 1, 20, 28)
+    assert values.shape == (3, 64, 5, 7) and decoded.mask_logits.shape == (3, 1, 20, 28)
+    assert decoded.presence_logits.shape == (3,)
     # The last value channel is the mask itself at stride 16.
     assert torch.allclose(values[:, -1], torch.nn.functional.avg_pool2d(masks4, 4)[:, 0])
 

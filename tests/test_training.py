@@ -55,10 +55,7 @@ def test_a_few_steps_lower_the_loss_on_a_batch(sequence) -> None:
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
-        logits = train_tracker.clip_logits(network, batch)
-        targets = [torch.nn.functional.avg_pool2d(batch.masks[:, t + 1], 2) for t in range(2)]
-        pairs = zip(logits, targets, strict=True)
-        return sum(train_tracker.segmentation_loss(logit, t, 1.0) for logit, t in pairs)
+        return train_tracker.clip_loss(network, batch, hard_fraction=1.0)
 
     first = loss().item()
     for _ in range(15):
@@ -95,3 +92,36 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence, monkey
     hidden16 = (clip["stride16"][1] == 0).all(0)
     assert hidden16.any()
     assert not (clip["stride16"][0] == 0).all(0).any()  # the prompted frame is untouched
+
+
+def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
+    """Distractor training: another sequence's object is cut out along its mask and pasted in
+    front of the target; the truth only loses pixels, and where the distractor lies the
+    features are the distractor's."""
+    marker = 7.0  # the distractor's features are a constant no real feature map has
+    other = train_tracker.Sequence(
+        "other",
+        stride4=torch.full_like(sequence.stride4, marker),
+        stride8=torch.full_like(sequence.stride8, marker),
+        stride16=torch.full_like(sequence.stride16, marker),
+        masks=torch.zeros_like(sequence.masks),
+    )
+    other.masks[:, :, 32:96, 48:112] = 1  # a 64x64 object, 4x4 stride-16 cells
+    rng = np.random.default_rng(3)
+    clip = train_tracker.crop_clip(sequence, 0, np.array([0, 2, 4]), (0, 0), (8, 12))
+    before = {name: tensor.clone() for name, tensor in clip.items()}
+    pasted = False
+    for _ in range(5):  # a paste may land mostly outside the crop: try a few
+        train_tracker.paste_distractor(clip, [sequence, other], rng, sequence.name)
+        covered16 = (clip["stride16"] == marker).all(1)  # (T, h, w)
+        pasted = bool(covered16.any())
+        if pasted:
+            break
+    assert pasted
+    assert (clip["masks"] <= before["masks"]).all()
+    # Where the distractor covers a stride-16 cell, the target's truth is gone there.
+    covered_pixels = covered16.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    assert clip["masks"][:, 0][covered_pixels].sum() == 0
+    # Same place at every stride: the stride-4 cover, pooled to 16, is the stride-16 cover.
+    covered4 = (clip["stride4"] == marker).all(1).float()
+    assert torch.equal(torch.nn.functional.max_pool2d(covered4, 4) > 0, covered16)

@@ -28,6 +28,10 @@ CLIP_FRAMES = 3
 # Chance that a predicted frame of a clip is a cut to another sequence, and again that the
 # object is covered by an occluder (see hide_object).
 ABSENCE_PROBABILITY = 0.1
+# The presence head learns "visible" for an object showing at least this many pixels in the
+# crop (at the cache's scale), with this weight beside the mask loss.
+MIN_VISIBLE_PIXELS = 16
+PRESENCE_WEIGHT = 0.5
 
 
 @dataclass
@@ -65,10 +69,12 @@ def sample_batch(
     batch_size: int,
     max_gap: int,
     crop_cells: tuple[int, int],
+    distractor_probability: float = 0.0,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
-        order, and a random crop (in stride-16 cells) in which the first frame shows the object; the
-    later frames may hide the object (:func:`hide_object`)."""
+    order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
+    ``distractor_probability`` another sequence's object moves through the clip
+    (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`)."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
         "stride8": [],
@@ -87,28 +93,95 @@ def sample_batch(
         cells_high, cells_wide = sequence.stride16.shape[-2:]
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
         left = rng.integers(0, cells_wide - crop_cells[1] + 1)
-        masks = sequence.masks[
-            mirror,
-            frames,
-            top * 16 : (top + crop_cells[0]) * 16,
-            left * 16 : (left + crop_cells[1]) * 16,
-        ]
-        if masks[0].sum() < 64:  # the object must be visible in the prompted frame
+        clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells)
+        if distractor_probability and rng.random() < distractor_probability:
+            paste_distractor(clip, sequences, rng, sequence.name)
+        if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
-        clip = {"masks": masks.float()[:, None]}
-        for stride in (4, 8, 16):
-            scale = 16 // stride
-            features = getattr(sequence, f"stride{stride}")[mirror, frames]
-            clip[f"stride{stride}"] = features[
-                ...,
-                top * scale : (top + crop_cells[0]) * scale,
-                left * scale : (left + crop_cells[1]) * scale,
-            ].float()
         for t in range(1, CLIP_FRAMES):
             hide_object(clip, t, sequences, rng, mirror, (top, left), crop_cells)
         for key, value in clip.items():
             parts[key].append(value)
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
+
+
+def crop_clip(
+    sequence: Sequence,
+    mirror: int,
+    frames: np.ndarray,
+    corner: tuple[int, int],
+    crop_cells: tuple[int, int],
+) -> dict[str, torch.Tensor]:
+    """Frames of a sequence cropped to ``crop_cells`` stride-16 cells from ``corner``: float32
+    masks (T, 1, H, W) and features (T, C, h, w) per stride."""
+    top, left = corner
+    clip = {}
+    for stride in (1, 4, 8, 16):
+        scale = 16 // stride
+        source = sequence.masks[:, :, None] if stride == 1 else getattr(sequence, f"stride{stride}")
+        name = "masks" if stride == 1 else f"stride{stride}"
+        clip[name] = source[
+            mirror,
+            frames,
+            :,
+            top * scale : (top + crop_cells[0]) * scale,
+            left * scale : (left + crop_cells[1]) * scale,
+        ].float()
+    return clip
+
+
+def paste_distractor(
+    clip: dict[str, torch.Tensor],
+    sequences: list[Sequence],
+    rng: np.random.Generator,
+    source_name: str,
+) -> None:
+    """Teach the read-out to tell objects apart: another sequence's object, cut out along its
+    mask in every feature map, moves through the clip in front of the target (the prompted
+    frame included, where memory learns it as background); the truth loses what it covers. The
+    distractor comes from another sequence than ``source_name``, the clip's own."""
+    others = [s for s in sequences if s.name != source_name]
+    other = others[rng.integers(len(others))]
+    step = int(rng.integers(1, 4))
+    first = int(rng.integers(0, max(1, other.length - step * (CLIP_FRAMES - 1))))
+    frames = np.minimum(first + step * np.arange(CLIP_FRAMES), other.length - 1)
+    mirror = int(rng.integers(2))
+    object_masks = other.masks[mirror, frames]  # (T, H, W)
+    cells = F.max_pool2d(object_masks[:, None].float(), 16).amax(0)[0] > 0
+    if not cells.any():
+        return
+    rows, cols = torch.nonzero(cells, as_tuple=True)
+    y1, y2, x1, x2 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    crop_high, crop_wide = clip["stride16"].shape[-2:]
+    height, width = min(y2 - y1, crop_high), min(x2 - x1, crop_wide)
+    # The object may be partly outside the crop: its box can start up to half out of view.
+    top = int(rng.integers(-(height // 2), crop_high - height // 2))
+    left = int(rng.integers(-(width // 2), crop_wide - width // 2))
+    # Destination and source windows in cells, clipped to the crop.
+    dy1, dx1 = max(0, top), max(0, left)
+    dy2, dx2 = min(crop_high, top + height), min(crop_wide, left + width)
+    if dy2 <= dy1 or dx2 <= dx1:
+        return
+    sy1, sx1 = y1 + dy1 - top, x1 + dx1 - left
+    rows_full = slice(sy1 * 16, (sy1 + dy2 - dy1) * 16)
+    cols_full = slice(sx1 * 16, (sx1 + dx2 - dx1) * 16)
+    cover_full = object_masks[:, None, rows_full, cols_full].float()
+    for stride in (1, 4, 8, 16):
+        scale = 16 // stride
+        name = "masks" if stride == 1 else f"stride{stride}"
+        if stride == 1:
+            cover, source = cover_full > 0, torch.zeros_like(cover_full)
+        else:
+            cover = F.avg_pool2d(cover_full, stride) > 0.5
+            source = getattr(other, name)[
+                mirror,
+                frames,
+                :,
+                sy1 * scale : (sy1 + dy2 - dy1) * scale,
+                sx1 * scale : (sx1 + dx2 - dx1) * scale,
+            ].float()
+        window = clip[name][..., dy1 * scale : dy2 * scale, dx1 * scale : dx2 * scale]
+        window.copy_(torch.where(cover, source, window))
 
 
 def hide_object(
@@ -155,9 +228,12 @@ def hide_object(
     clip["masks"][t, :, y1 * 16 : y2 * 16, x1 * 16 : x2 * 16] = 0
 
 
-def clip_logits(network: TrackingNetwork, batch: Batch) -> list[torch.Tensor]:
-    """Propagate the first frame's mask through the clip; logits (B, 1, H/2, W/2) per later
-    frame (the loss is taken at stride 2: near full-size boundary accuracy, far cheaper)."""
+def clip_logits(
+    network: TrackingNetwork, batch: Batch
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Propagate the first frame's mask through the clip. Per later frame: mask logits
+    (B, 1, H/2, W/2) (the loss is taken at stride 2: near full-size boundary accuracy, far
+    cheaper) and presence logits (B,)."""
     size, frames = (batch.masks.shape[-2] // 2, batch.masks.shape[-1] // 2), batch.masks.shape[1]
     flat16 = batch.stride16.flatten(0, 1)
     keys = network.key_projection(flat16).unflatten(0, (-1, frames))
@@ -166,9 +242,9 @@ def clip_logits(network: TrackingNetwork, batch: Batch) -> list[torch.Tensor]:
     memory_values = [
         network.memory_encoder(batch.stride16[:, 0], F.avg_pool2d(batch.masks[:, 0], 4)).flatten(2)
     ]
-    logits = []
+    mask_logits, presence_logits = [], []
     for t in range(1, frames):
-        logit4 = network.segment(
+        decoded = network.segment(
             keys[:, t],
             queries[:, t],
             batch.stride8[:, t],
@@ -176,13 +252,32 @@ def clip_logits(network: TrackingNetwork, batch: Batch) -> list[torch.Tensor]:
             torch.cat(memory_keys, 2),
             torch.cat(memory_values, 2),
         )
-        logits.append(F.interpolate(logit4, size=size, mode="bilinear", align_corners=False))
+        logit4 = decoded.mask_logits
+        mask_logits.append(F.interpolate(logit4, size=size, mode="bilinear", align_corners=False))
+        presence_logits.append(decoded.presence_logits)
         if t + 1 < frames:
             memory_keys.append(keys[:, t].flatten(2))
             memory_values.append(
                 network.memory_encoder(batch.stride16[:, t], torch.sigmoid(logit4)).flatten(2)
             )
-    return logits
+    return mask_logits, presence_logits
+
+
+def clip_loss(network: TrackingNetwork, batch: Batch, hard_fraction: float) -> torch.Tensor:
+    """Mean over the clip's predicted frames of the mask loss (:func:`segmentation_loss`) and
+    the presence loss (binary cross-entropy on "the object shows in the crop")."""
+    mask_logits, presence_logits = clip_logits(network, batch)
+    loss = torch.zeros(())
+    for t, (mask_logit, presence_logit) in enumerate(
+        zip(mask_logits, presence_logits, strict=True)
+    ):
+        truth = batch.masks[:, t + 1]
+        visible = (truth.flatten(1).sum(1) >= MIN_VISIBLE_PIXELS).float()
+        loss = loss + segmentation_loss(mask_logit, F.avg_pool2d(truth, 2), hard_fraction)
+        loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(
+            presence_logit, visible
+        )
+    return loss / len(mask_logits)
 
 
 def segmentation_loss(
@@ -239,20 +334,30 @@ def train(arguments: argparse.Namespace) -> None:
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     network = TrackingNetwork()
 
-    def clip_loss(step: int) -> tuple[torch.Tensor, str]:
+    def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
         # Curricula as in STM/XMem: longer gaps and harder pixels as training goes on.
         max_gap = round(3 + (arguments.max_gap - 3) * min(1.0, progress / 0.5))
         hard_fraction = 1.0 - 0.85 * min(1.0, progress / 0.3)
-        batch = sample_batch(sequences, rng, arguments.batch_size, max_gap, (16, 28))
-        logits = clip_logits(network, batch)
-        loss = sum(
-            segmentation_loss(logit, F.avg_pool2d(batch.masks[:, t + 1], 2), hard_fraction)
-            for t, logit in enumerate(logits)
-        ) / len(logits)
+        batch = sample_batch(
+            sequences,
+            rng,
+            arguments.batch_size,
+            max_gap,
+            (16, 28),
+            arguments.distractor_probability,
+        )
+        if arguments.feature_dropout:
+            # Frozen features allow no photometric augmentation; dropping whole channels
+            # keeps the small network from leaning on a few of them.
+            for name in ("stride4", "stride8", "stride16"):
+                features = getattr(batch, name)
+                dropped = F.dropout2d(features.flatten(0, 1), arguments.feature_dropout)
+                setattr(batch, name, dropped.unflatten(0, features.shape[:2]))
+        loss = clip_loss(network, batch, hard_fraction)
         return loss, f"gap {max_gap:2d}"
 
-    fit(network, clip_loss, arguments.steps, arguments.lr)
+    fit(network, batch_loss, arguments.steps, arguments.lr)
     save_half(network, arguments.output)
     print(f"wrote {arguments.output}", flush=True)
 
@@ -274,6 +379,18 @@ def training_arguments(description: str, output: Path, steps: int) -> argparse.A
 if __name__ == "__main__":
     parser = training_arguments(__doc__.split("\n\n")[0], WEIGHTS_PATH, 3500)
     parser.add_argument("--max-gap", type=int, default=20)
+    parser.add_argument(
+        "--distractor-probability",
+        type=float,
+        default=0.5,
+        help="chance that a clip gets another sequence's object pasted in (paste_distractor)",
+    )
+    parser.add_argument(
+        "--feature-dropout",
+        type=float,
+        default=0.1,
+        help="channel dropout on the frozen features during training",
+    )
     parser.add_argument(
         "--hold-out",
         action="store_true",

@@ -325,26 +325,32 @@ class TrackingSession:
         height, width = self.info.height, self.info.width
         prompted = self._prompt_masks.get(frame_index, {})
         object_ids = sorted(set(predictions) | set(prompted) | set(self.object_ids))
-        probabilities = np.zeros((len(object_ids), height, width), dtype=np.float32)
         scores = {}
-        for row, obj in enumerate(object_ids):
+        present = []  # objects the engine sees on this frame, not prompted here
+        for obj in object_ids:
             if obj in prompted:
                 continue
             prediction = predictions.get(obj)
-            if prediction is not None and prediction.presence >= 0.5:
-                probabilities[row] = prediction.probability
             scores[obj] = 0.0 if prediction is None else prediction.presence
-        best = probabilities.argmax(0)
-        confident = probabilities.max(0) >= 0.5
+            if prediction is not None and prediction.presence >= 0.5:
+                present.append(obj)
         masks = {}
         taken = np.zeros((height, width), dtype=bool)
         # Prompts claim their pixels first; where two overlap, the one given last wins.
         for obj in reversed(list(prompted)):
             masks[obj], scores[obj] = prompted[obj] & ~taken, 1.0
             taken |= prompted[obj]
-        for row, obj in enumerate(object_ids):
-            if obj not in prompted:
-                masks[obj] = (best == row) & confident & ~taken
+        if len(present) == 1:  # the common case, without the arg-max
+            masks[present[0]] = (predictions[present[0]].probability >= 0.5) & ~taken
+        elif present:
+            probabilities = np.stack([predictions[obj].probability for obj in present])
+            best = probabilities.argmax(0)
+            free = (probabilities.max(0) >= 0.5) & ~taken
+            for row, obj in enumerate(present):
+                masks[obj] = (best == row) & free
+        for obj in object_ids:
+            if obj not in masks:
+                masks[obj] = np.zeros((height, width), dtype=bool)
         return {obj: masks[obj] for obj in object_ids}, scores
 
     # -- helpers ------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The mask decoder: from the value read out of memory at stride 16, up through the encoder's
-stride-8 and stride-4 features, to a mask logit at stride 4 (U-Net style skips)."""
+stride-8 and stride-4 features, to a mask logit at stride 4 (U-Net style skips), and whether
+the object is in the frame at all (a presence logit, as SAM 2's occlusion score)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,11 @@ class UpsampleFuse(nn.Module):
         return self.refine(x + self.skip(skip))
 
 
+class DecodedMasks(NamedTuple):
+    mask_logits: torch.Tensor  # (N, 1, H/4, W/4)
+    presence_logits: torch.Tensor  # (N,): is the object visible in the frame at all?
+
+
 class MaskDecoder(nn.Module):
     """(read-out values, query features at strides 16/8/4) -> mask logit at stride 4.
 
@@ -51,6 +59,8 @@ class MaskDecoder(nn.Module):
         self.up8 = UpsampleFuse(c16, 40, c8)
         self.up4 = UpsampleFuse(c8, 24, c4)
         self.logit = nn.Conv2d(c4, 1, 3, 1, 1)
+        # Presence from the whole frame's stride-16 state: its mean and its peak.
+        self.presence = nn.Linear(2 * c16, 1)
 
     def project_query(self, features16: torch.Tensor) -> torch.Tensor:
         return self.query_projection(features16)
@@ -61,9 +71,11 @@ class MaskDecoder(nn.Module):
         query16: torch.Tensor,
         features8: torch.Tensor,
         features4: torch.Tensor,
-    ) -> torch.Tensor:
-        """All inputs batched over objects (N); returns (N, 1, H/4, W/4) logits."""
+    ) -> DecodedMasks:
+        """All inputs batched over objects (N)."""
         x = self.refine16(self.fuse16(torch.cat([readout, query16], 1)))
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+        presence_logits = self.presence(F.relu(pooled))[:, 0]
         x = self.up8(x, features8)
         x = self.up4(x, features4)
-        return self.logit(F.relu(x))
+        return DecodedMasks(self.logit(F.relu(x)), presence_logits)

@@ -26,21 +26,28 @@ class KeyProjection(nn.Module):
         return self.projection(features16)
 
 
-def memory_affinity(query_key: torch.Tensor, memory_keys: torch.Tensor) -> torch.Tensor:
+def memory_affinity(
+    query_key: torch.Tensor, memory_keys: torch.Tensor, top_k: int = 0
+) -> torch.Tensor:
     """Softmax attention weights of every query cell over every memory cell.
 
     ``query_key``: (N, C, H, W); ``memory_keys``: (N, C, M) for M memory cells. Returns
     (N, H*W, M), each row summing to one (the softmax runs over the contiguous last axis, which is
     several times faster than over the memory axis in the other layout). The similarity is the
     negative squared Euclidean distance (XMem found it steadier than the dot product); the
-    query's own norm is constant over memory cells, so it drops out of the softmax.
+    query's own norm is constant over memory cells, so it drops out of the softmax. With
+    ``top_k`` > 0, each query cell attends to its ``top_k`` most similar memory cells only (as
+    in XMem), which keeps many weak matches from blurring the read-out.
     """
     channels = query_key.shape[1]
     query = query_key.flatten(2).transpose(1, 2)  # (N, HW, C)
     similarity = torch.baddbmm(
         -memory_keys.pow(2).sum(1, keepdim=True), query, memory_keys, alpha=2.0
-    )
-    return torch.softmax(similarity / math.sqrt(channels), dim=2)
+    ) / math.sqrt(channels)
+    if 0 < top_k < similarity.shape[2]:
+        best, cells = similarity.topk(top_k, dim=2)
+        return torch.zeros_like(similarity).scatter_(2, cells, torch.softmax(best, dim=2))
+    return torch.softmax(similarity, dim=2)
 
 
 def read_values(

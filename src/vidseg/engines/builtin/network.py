@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from vidseg.engines.builtin.mask_decoder import MaskDecoder
+from vidseg.engines.builtin.mask_decoder import DecodedMasks, MaskDecoder
 from vidseg.engines.builtin.memory_attention import KeyProjection, memory_affinity, read_values
 from vidseg.engines.builtin.memory_encoder import MemoryEncoder
 
@@ -61,8 +61,8 @@ class TrackingNetwork(nn.Module):
         features4: torch.Tensor,
         memory_keys: torch.Tensor,
         memory_values: torch.Tensor,
-    ) -> torch.Tensor:
-        """Mask logits at stride 4 for a query frame, read from memory.
+    ) -> DecodedMasks:
+        """Mask logits at stride 4 and presence logits for a query frame, read from memory.
 
         ``query_key`` (N, C, h, w) and ``query16`` (N, 64, h, w, from
         ``mask_decoder.project_query``); ``memory_keys`` (N, C, M) and ``memory_values``

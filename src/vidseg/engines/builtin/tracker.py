@@ -96,16 +96,19 @@ class MemoryTracker(ABC):
     ) -> None:
         """Add the frame with its objects' masks to the memory bank."""
 
-    def _presence(self, obj: int, probability: np.ndarray) -> float:
-        """The object's predicted presence: its mask's peak probability, but below one half
-        when the mask shrank under ``min_area_ratio`` of its prompted area (a remnant, not the
-        object: it is judged absent, hidden or out of view)."""
+    def _presence(self, obj: int, probability: np.ndarray, score: float | None = None) -> float:
+        """The object's predicted presence: ``score`` (a learned presence probability) if
+        given, else its mask's peak probability; below one half in any case when the mask
+        shrank under ``min_area_ratio`` of its prompted area (a remnant, not the object: it is
+        judged absent, hidden or out of view)."""
         presence = self.config.presence
+        if score is None:
+            score = float(probability.max())
         area = float((probability >= presence.threshold).sum())
         reference = self._reference_area.get(obj, 0.0)
         if reference > 0 and area < presence.min_area_ratio * reference:
-            return min(float(probability.max()), 0.49)
-        return float(probability.max())
+            return min(score, 0.49)
+        return score
 
 
 class BuiltinTracker(MemoryTracker):
@@ -159,7 +162,7 @@ class BuiltinTracker(MemoryTracker):
         if not object_ids:
             return {}
         query = self._encode(frame_index, frame)
-        logits = {}
+        predictions: dict[int, tuple[np.ndarray, float]] = {}
         # Objects remembered on the same frames share one affinity matrix (usually all of them).
         for frames, group in _group_by_memory_frames(self.memory, object_ids).items():
             memory = [m for m in self.memory if m.frame_index in frames]
@@ -170,10 +173,10 @@ class BuiltinTracker(MemoryTracker):
             )
             count = len(group)
             with self._stage("read-out"), torch.inference_mode():
-                affinity = memory_affinity(query.key, memory_keys)
+                affinity = memory_affinity(query.key, memory_keys, self.config.memory.top_k)
                 readout = read_values(affinity, memory_values, query.key.shape[-2:])
             with self._stage("decoder"), torch.inference_mode():
-                group_logits = self.network.mask_decoder(
+                decoded = self.network.mask_decoder(
                     readout,
                     query.query16.expand(count, -1, -1, -1),
                     query.features.stride8.expand(count, -1, -1, -1),
@@ -181,12 +184,17 @@ class BuiltinTracker(MemoryTracker):
                 )
             with self._stage("upsample"), torch.inference_mode():
                 full = F.interpolate(
-                    group_logits, size=self.frame_size, mode="bilinear", align_corners=False
+                    decoded.mask_logits, size=self.frame_size, mode="bilinear", align_corners=False
                 )
                 probabilities = torch.sigmoid(full)[:, 0].numpy()
-            logits.update(zip(group, probabilities, strict=True))
+                presences = torch.sigmoid(decoded.presence_logits).tolist()
+            for obj, probability, presence in zip(group, probabilities, presences, strict=True):
+                predictions[obj] = (probability, presence)
         with self._stage("presence"):
-            return {obj: ObjectPrediction(p, self._presence(obj, p)) for obj, p in logits.items()}
+            return {
+                obj: ObjectPrediction(p, self._presence(obj, p, learned))
+                for obj, (p, learned) in predictions.items()
+            }
 
 
 def _group_by_memory_frames(
