@@ -34,6 +34,7 @@ from vidseg.web.sessions import (
     EXPORT_KINDS,
     AllowedDirectories,
     BusyError,
+    ForbiddenPathError,
     NotFoundError,
     SessionManager,
 )
@@ -317,7 +318,12 @@ class _UploadTooLarge(VidsegError):
     pass
 
 
-_STATUS: dict[type[VidsegError], int] = {NotFoundError: 404, BusyError: 409, _UploadTooLarge: 413}
+_STATUS: dict[type[VidsegError], int] = {
+    NotFoundError: 404,
+    ForbiddenPathError: 403,
+    BusyError: 409,
+    _UploadTooLarge: 413,
+}
 
 
 def _unique_path(folder: Path, name: str) -> Path:

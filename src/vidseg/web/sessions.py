@@ -54,6 +54,10 @@ class NotFoundError(VidsegError):
     """A session, object, frame or file that does not exist (HTTP 404)."""
 
 
+class ForbiddenPathError(VidsegError):
+    """A path outside the folders the server may read (HTTP 403)."""
+
+
 class BusyError(VidsegError):
     """The session is propagating and cannot change its prompts now (HTTP 409)."""
 
@@ -68,10 +72,10 @@ class AllowedDirectories:
     >>> allowed = AllowedDirectories([root])
     >>> allowed.resolve(str(root / "a.mp4")) == (root / "a.mp4").resolve()
     True
-    >>> allowed.resolve(str(root / ".." / "etc"))
+    >>> allowed.resolve(str(root / ".." / "etc"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    vidseg.web.sessions.NotFoundError: ... is outside the folders this server may read ...
+    vidseg.web.sessions.ForbiddenPathError: ... is outside the folders this server may read ...
     """
 
     def __init__(self, roots: Sequence[str | Path]) -> None:
@@ -84,7 +88,7 @@ class AllowedDirectories:
             candidate = self.roots[0] / candidate
         resolved = candidate.resolve()
         if not any(resolved == root or root in resolved.parents for root in self.roots):
-            raise NotFoundError(
+            raise ForbiddenPathError(
                 f"'{path}' is outside the folders this server may read "
                 f"({', '.join(map(str, self.roots))}): restart `vidseg serve` with "
                 "--allow-dir naming its folder"
@@ -396,11 +400,12 @@ class WebSession:
             return job
 
     def cancel_propagation(self) -> dict[str, Any] | None:
+        """Ask the running propagation to stop after its current frame; returns at once (the
+        job's progress events report when it has stopped)."""
         job = self.job
         if job is None:
             return None
         job.cancel()
-        job.wait(timeout=30)
         return job.snapshot()
 
     def _finished(self, result: FrameResult) -> None:
