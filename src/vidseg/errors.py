@@ -31,3 +31,8 @@ class UnknownObjectError(PromptError, KeyError):
 
 class OutputError(VidsegError):
     """An output cannot be written where it was asked for."""
+
+
+class ModelError(VidsegError):
+    """A model cannot be found, downloaded or loaded: an unknown name, a folder that is not a
+    checkpoint, no network, not enough memory, a missing optional package."""

@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_argument(
         "--timings", action="store_true", help="print how long each stage took (to stderr)"
     )
+    model = track.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        default="builtin",
+        help="builtin (default), a transformers model (sam2.1-hiera-tiny, sam2.1-hiera-small, "
+        "sam2.1-hiera-base-plus, sam2.1-hiera-large, edgetam, sam3-tracker; downloaded once "
+        "when online; needs pip install 'vidseg[hf]') or a checkpoint folder",
+    )
+    model.add_argument(
+        "--device", metavar="DEVICE", help="cpu or cuda (default: cuda when present)"
+    )
+    model.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights and activations of a transformers model (default float32; 16-bit on GPU)",
+    )
     track.set_defaults(handler=cmd_track)
 
     evaluate = commands.add_parser(
@@ -226,6 +243,7 @@ def _frame_index(option: str):
 
 def cmd_track(args: argparse.Namespace) -> int:
     from vidseg.cli.tracking import TimedFrames, run_tracking, set_threads
+    from vidseg.engines.loading import load_engine
     from vidseg.io import open_frames
     from vidseg.session import TrackingSession
 
@@ -238,9 +256,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     frames = TimedFrames(open_frames(args.video))
     with frames:
         opened = time.perf_counter()
-        session = TrackingSession(frames)
         if args.threads is not None:
             set_threads(args.threads)
+        engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+        session = TrackingSession(frames, engine=engine)
         loaded = time.perf_counter()
         if args.start is not None and args.start >= session.num_frames:
             raise VidsegError(
