@@ -394,6 +394,12 @@ def test_uploads_are_type_checked_and_size_limited(clip, engine, tmp_path):
         # Refused uploads leave nothing behind; the accepted one is kept for its session.
         assert [p.name for p in (tmp_path / "data" / "uploads").iterdir()] == ["my clip.mp4"]
 
+        # Forgetting the session removes its upload too.
+        session_id = uploaded.json()["id"]
+        assert client.delete(f"/api/sessions/{session_id}").status_code == 204
+        assert client.get(f"/api/sessions/{session_id}").status_code == 404
+        assert list((tmp_path / "data" / "uploads").iterdir()) == []
+
         schema = client.get("/openapi.json").json()
         assert "/api/sessions/{session_id}/propagation/events" in schema["paths"]
         assert "/api/sessions/{session_id}/export/{kind}" in schema["paths"]

@@ -97,7 +97,11 @@ def create_app(
         engine = BuiltinEngine.shared()
     store = SessionStore(data_dir / "sessions.db")
     manager = SessionManager(
-        store, engine, AllowedDirectories([uploads, *allow_dirs]), data_dir / "exports"
+        store,
+        engine,
+        AllowedDirectories([*allow_dirs, uploads]),
+        uploads_dir=uploads,
+        exports_dir=data_dir / "exports",
     )
     max_upload_bytes = int(max_upload_mb * 2**20)
 

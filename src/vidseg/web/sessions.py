@@ -82,7 +82,8 @@ class AllowedDirectories:
         self.roots = [Path(r).expanduser().resolve() for r in roots]
 
     def resolve(self, path: str) -> Path:
-        """The real path of ``path`` (symlinks followed), if it lies in an allowed folder."""
+        """The real path of ``path`` (symlinks followed; a relative path is taken from the
+        first folder), if it lies in an allowed folder."""
         candidate = Path(path).expanduser()
         if not candidate.is_absolute() and self.roots:
             candidate = self.roots[0] / candidate
@@ -151,7 +152,10 @@ class WebSession:
         self._prompt_order: dict[tuple[int, int], int] = {}  # (frame, object) -> when given
         self._results: dict[int, tuple[dict[int, dict], dict[int, float]]] = {}
         self.job: PropagationJob | None = None
-        self._lock = threading.RLock()  # one prompt edit or job start at a time
+        # One prompt edit or job start at a time. Readers (frame and mask requests) take no
+        # lock: they iterate over list(...) copies, made atomically under the GIL, since the
+        # job thread adds finished frames while they read.
+        self._lock = threading.RLock()
 
     # -- loading -------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -190,7 +194,7 @@ class WebSession:
             "num_frames": info.num_frames,
             "fps": info.fps,
             "objects": self.list_objects(),
-            "prompted_frames": sorted({frame for frame, _ in self._prompt_order}),
+            "prompted_frames": sorted({frame for frame, _ in list(self._prompt_order)}),
             "done_frames": sorted(self._results),
             "job": None if self.job is None else self.job.snapshot(),
         }
@@ -221,7 +225,7 @@ class WebSession:
         propagation's; objects without either are left out."""
         self._check_frame(frame_index)
         masks = {}
-        for obj in self.objects:
+        for obj in list(self.objects):
             mask = self.tracking.mask(frame_index, obj)
             if mask is not None:
                 masks[obj] = mask
@@ -248,7 +252,7 @@ class WebSession:
         palette = np.zeros((256, 3), dtype=np.uint8)
         for obj in range(1, MAX_OBJECT_ID + 1):
             palette[obj] = object_color(obj)
-        for obj, meta in self.objects.items():
+        for obj, meta in list(self.objects.items()):
             palette[obj] = [int(meta["color"][i : i + 2], 16) for i in (1, 3, 5)]
         image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
         image.putpalette(palette.tobytes())
@@ -275,7 +279,7 @@ class WebSession:
 
     # -- objects -------------------------------------------------------------------------------
     def list_objects(self) -> list[dict[str, Any]]:
-        return [{"id": obj, **meta} for obj, meta in sorted(self.objects.items())]
+        return [{"id": obj, **meta} for obj, meta in sorted(list(self.objects.items()))]
 
     def add_object(self, name: str | None = None) -> dict[str, Any]:
         with self._lock:
@@ -370,7 +374,9 @@ class WebSession:
 
     def prompts(self) -> list[dict[str, Any]]:
         rows = []
-        for frame, obj in sorted(self._prompt_order, key=self._prompt_order.__getitem__):
+        with self._lock:
+            order = sorted(self._prompt_order, key=self._prompt_order.__getitem__)
+        for frame, obj in order:
             prompt = self.tracking.prompt(frame, obj)
             assert prompt is not None
             rows.append(
@@ -424,7 +430,7 @@ class WebSession:
         """
         if kind not in EXPORT_KINDS:
             raise NotFoundError(f"unknown export '{kind}': choose one of {', '.join(EXPORT_KINDS)}")
-        frames = sorted(set(self._results) | {frame for frame, _ in self._prompt_order})
+        frames = sorted(set(self._results) | {frame for frame, _ in list(self._prompt_order)})
         if not frames:
             raise PromptError("nothing to export yet: click on an object first")
         info = self.tracking.info
@@ -449,7 +455,9 @@ class WebSession:
                 for frame in frames:
                     labels = self.label_map(frame)
                     scores = self._results.get(frame, ({}, {}))[1]
-                    writer.write(frame, {obj: labels == obj for obj in self.objects}, dict(scores))
+                    writer.write(
+                        frame, {obj: labels == obj for obj in list(self.objects)}, dict(scores)
+                    )
         else:
             with OverlayVideoWriter(path, info.fps, info.width, info.height) as writer:
                 for frame in range(info.num_frames):
@@ -491,11 +499,13 @@ class SessionManager:
         store: SessionStore,
         engine: Engine,
         allowed: AllowedDirectories,
+        uploads_dir: Path,
         exports_dir: Path,
     ) -> None:
         self.store = store
         self.engine = engine
         self.allowed = allowed
+        self.uploads_dir = uploads_dir.resolve()
         self.exports_dir = exports_dir
         self._open: dict[str, WebSession] = {}
         self._lock = threading.Lock()
@@ -556,7 +566,15 @@ class SessionManager:
             session = self._open.pop(session_id, None)
         if session is not None:
             session.close()
+        row = self.store.session(session_id)
         self.store.delete_session(session_id)
+        video = Path(row["video_path"]) if row else None
+        if (
+            video is not None
+            and video.parent == self.uploads_dir
+            and all(other["video_path"] != str(video) for other in self.store.sessions())
+        ):
+            video.unlink(missing_ok=True)  # an upload goes with the last session using it
 
     def export(self, session_id: str, kind: str) -> Path:
         session = self.get(session_id)
