@@ -463,3 +463,11 @@ def test_a_crash_mid_propagation_keeps_the_finished_frames(engine, tmp_path):
         assert session["done_frames"][: job["done"]] == list(range(job["done"]))
         tracked = client.get(f"/api/sessions/{session_id}/frames/{job['done'] - 1}/masks").json()
         assert iou(object_mask(tracked, 1), video.labels[job["done"] - 1] == 1) > 0.3
+
+
+def test_serve_refuses_a_missing_allowed_folder(tmp_path, capsys):
+    from vidseg.cli.main import main
+
+    assert main(["serve", "--allow-dir", str(tmp_path / "missing")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is not a folder" in error

@@ -101,23 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_argument(
         "--timings", action="store_true", help="print how long each stage took (to stderr)"
     )
-    model = track.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        metavar="NAME|DIR",
-        default="builtin",
-        help="builtin (default), a transformers model (sam2.1-hiera-tiny, sam2.1-hiera-small, "
-        "sam2.1-hiera-base-plus, sam2.1-hiera-large, edgetam, sam3-tracker; downloaded once "
-        "when online; needs pip install 'vidseg[hf]') or a checkpoint folder",
-    )
-    model.add_argument(
-        "--device", metavar="DEVICE", help="cpu or cuda (default: cuda when present)"
-    )
-    model.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        help="weights and activations of a transformers model (default float32; 16-bit on GPU)",
-    )
+    _add_model_options(track)
     track.set_defaults(handler=cmd_track)
 
     evaluate = commands.add_parser(
@@ -198,12 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         "current folder); uploads are always allowed",
     )
     serve.add_argument(
-        "--model",
-        choices=("builtin",),
-        default="builtin",
-        help="the segmentation engine, shared by every session (default: builtin)",
-    )
-    serve.add_argument(
         "--max-upload-mb",
         metavar="MB",
         type=_positive_int("--max-upload-mb"),
@@ -216,8 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int("--threads"),
         help="CPU threads for the engine (default: torch's choice)",
     )
+    _add_model_options(serve)  # one engine, loaded once, shared by every session
     serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    """--model, --device and --dtype: which engine runs, for the commands that track."""
+    model = command.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        default="builtin",
+        help="builtin (default), a transformers model (sam2.1-hiera-tiny, sam2.1-hiera-small, "
+        "sam2.1-hiera-base-plus, sam2.1-hiera-large, edgetam, sam3-tracker; downloaded once "
+        "when online; needs pip install 'vidseg[hf]') or a checkpoint folder",
+    )
+    model.add_argument(
+        "--device", metavar="DEVICE", help="cpu or cuda (default: cuda when present)"
+    )
+    model.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights and activations of a transformers model (default float32; 16-bit on GPU)",
+    )
 
 
 def _positive_int(option: str):
@@ -394,11 +394,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for folder in allow_dirs:
         if not folder.is_dir():
             raise VidsegError(f"--allow-dir '{folder}' is not a folder: name an existing folder")
-    from vidseg.engines.builtin import BuiltinEngine
+    from vidseg.engines.loading import load_engine
 
-    engine = BuiltinEngine.shared()  # loaded once, before serving; every session shares it
     if args.threads is not None:
         set_threads(args.threads)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     print(
         f"vidseg web app on http://{args.host}:{args.port}/ (data in {args.data_dir}); "
         "Ctrl-C stops it",
