@@ -119,7 +119,7 @@ class HFEngine:
         return cls(
             network,
             checkpoint.family,
-            checkpoint.preprocessing,
+            checkpoint.preprocessing(int(network.config.image_size)),
             name=title,
             device=device,
             dtype=torch_dtype,

@@ -182,17 +182,23 @@ def _fetch(name: str, named: NamedModel) -> Path:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checked checkpoint folder: its family and input processing."""
+    """A checked checkpoint folder: its family, input statistics and size."""
 
     directory: Path
     family_key: str
     config: dict
-    preprocessing: Preprocessing
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     weights_bytes: int
 
     @property
     def family(self) -> ModelFamily:
         return FAMILIES[self.family_key]
+
+    def preprocessing(self, image_size: int) -> Preprocessing:
+        """Input processing for the loaded model's ``config.image_size`` (the config file
+        may nest it: a SAM 3 checkpoint holds the detector's config and the tracker's)."""
+        return Preprocessing(image_size=image_size, mean=self.mean, std=self.std)
 
 
 def read_checkpoint(directory: Path) -> Checkpoint:
@@ -231,7 +237,6 @@ def read_checkpoint(directory: Path) -> Checkpoint:
             f"supported model types are {supported}"
         )
     family = FAMILIES[family_key]
-    image_size = int(config.get("image_size") or config.get("vision_config", {}).get("image_size"))
     mean, std = family.mean, family.std
     # A downloaded checkpoint states its statistics; a bare folder uses the family's.
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
@@ -245,7 +250,8 @@ def read_checkpoint(directory: Path) -> Checkpoint:
         directory=directory,
         family_key=family_key,
         config=config,
-        preprocessing=Preprocessing(image_size=image_size, mean=mean, std=std),
+        mean=mean,
+        std=std,
         weights_bytes=sum(path.stat().st_size for path in weights if path.suffix != ".json"),
     )
 
