@@ -391,6 +391,15 @@ def test_uploads_are_type_checked_and_size_limited(clip, engine, tmp_path):
         assert image.status_code == 400 and "still image, not a video" in image.json()["detail"]
         big = client.post("/api/sessions/upload", files={"file": ("big.mp4", b"\0" * 2**20)})
         assert big.status_code == 413 and "larger than this server's limit" in big.text
+        # Sent in chunks without a Content-Length, it is refused once the limit has come in.
+        body = b"--b\r\nContent-Disposition: form-data; name=file; filename=big.mp4\r\n\r\n"
+        body += b"\0" * 2**20 + b"\r\n--b--\r\n"
+        chunked = client.post(
+            "/api/sessions/upload",
+            content=(body[i : i + 2**16] for i in range(0, len(body), 2**16)),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert chunked.status_code == 413 and "larger than this server's limit" in chunked.text
         # Refused uploads leave nothing behind; the accepted one is kept for its session.
         assert [p.name for p in (tmp_path / "data" / "uploads").iterdir()] == ["my clip.mp4"]
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import av
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vidseg import __version__
 from vidseg.errors import VideoReadError, VidsegError
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 500
 _UPLOAD_CHUNK = 1 << 20
+_MULTIPART_ENVELOPE = 64 << 10  # boundaries and part headers around the file
 
 
 class OpenVideo(BaseModel):
@@ -118,6 +122,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    app.add_middleware(UploadSizeLimit, path="/api/sessions/upload", limit=max_upload_bytes)
 
     @app.exception_handler(VidsegError)
     async def input_error(_: Request, exc: VidsegError) -> JSONResponse:
@@ -145,20 +150,13 @@ def create_app(
         return manager.create(body.path, body.name).describe()
 
     @app.post("/api/sessions/upload", status_code=201, summary="Open an uploaded video")
-    def upload_video(request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > max_upload_bytes + _UPLOAD_CHUNK:
-            raise _too_large(max_upload_bytes)
-        name = Path(file.filename or "upload").name or "upload"
+    def upload_video(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        # The size was checked while the body came in (UploadSizeLimit, below).
+        name = _safe_file_name(file.filename)
         target = _unique_path(uploads, name)
-        size = 0
         try:
             with open(target, "xb") as out:
-                while chunk := file.file.read(_UPLOAD_CHUNK):
-                    size += len(chunk)
-                    if size > max_upload_bytes:
-                        raise _too_large(max_upload_bytes)
-                    out.write(chunk)
+                shutil.copyfileobj(file.file, out, _UPLOAD_CHUNK)
             _check_is_video(target, name)
             return manager.create(str(target), name).describe()
         except BaseException:
@@ -311,22 +309,55 @@ def create_app(
     return app
 
 
-def _too_large(limit: int) -> VidsegError:
-    return _UploadTooLarge(
-        f"the upload is larger than this server's limit of {limit / 2**20:g} MB: restart "
-        "`vidseg serve` with a larger --max-upload-mb, or open the file by its path"
-    )
+class UploadSizeLimit:
+    """ASGI middleware refusing (413) a request body to ``path`` larger than ``limit`` bytes:
+    at once when its Content-Length says so, else as soon as that much has come in. Multipart
+    bodies are read and spooled before the handler runs, so the handler cannot do this."""
+
+    def __init__(self, app: ASGIApp, path: str, limit: int) -> None:
+        self.app, self.path = app, path
+        self.limit = limit + _MULTIPART_ENVELOPE
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"the upload is larger than this server's limit of "
+            f"{(self.limit - _MULTIPART_ENVELOPE) / 2**20:g} MB: restart `vidseg serve` with a "
+            "larger --max-upload-mb, or open the file by its path"
+        )
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(status_code=413, detail=message)
+            return event
+
+        await self.app(scope, counted, send)
 
 
-class _UploadTooLarge(VidsegError):
-    pass
+def _safe_file_name(name: str | None) -> str:
+    """An uploaded file's name, safe to use inside the uploads folder.
+
+    >>> _safe_file_name("../../etc/passwd"), _safe_file_name("..."), _safe_file_name("my clip.mp4")
+    ('passwd', 'upload', 'my clip.mp4')
+    """
+    cleaned = re.sub(r"[^\w.\- ]", "_", Path(name or "").name).lstrip(". ")
+    return cleaned or "upload"
 
 
 _STATUS: dict[type[VidsegError], int] = {
     NotFoundError: 404,
     ForbiddenPathError: 403,
     BusyError: 409,
-    _UploadTooLarge: 413,
 }
 
 
