@@ -399,6 +399,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads is not None:
         set_threads(args.threads)
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.warning(
+            "serving on %s: anyone who can reach it can open the videos in %s, with no "
+            "password; use the default 127.0.0.1 unless you mean that",
+            args.host,
+            ", ".join(map(str, allow_dirs)),
+        )
     print(
         f"vidseg web app on http://{args.host}:{args.port}/ (data in {args.data_dir}); "
         "Ctrl-C stops it",
