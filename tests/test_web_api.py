@@ -144,6 +144,11 @@ def test_click_propagate_with_progress_events_and_export(clip, engine, tmp_path)
 
         session = client.get(f"/api/sessions/{session_id}").json()
         assert session["done_frames"] == list(range(NUM_FRAMES))
+        frames = client.get(f"/api/sessions/{session_id}/frames").json()
+        assert [(f["index"], f["prompted"], f["tracked"]) for f in frames[:2]] == [
+            (0, True, True),
+            (1, False, True),
+        ]
         last = client.get(f"/api/sessions/{session_id}/frames/{NUM_FRAMES - 1}/masks").json()
         assert last["objects"][0]["source"] == "tracked"
         assert iou(object_mask(last, 1), labels[-1] == 1) > 0.3

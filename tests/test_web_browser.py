@@ -21,7 +21,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install '.[web]'")
 pytest.importorskip("playwright", reason="playwright is not installed: pip install '.[dev]'")
 import uvicorn  # noqa: E402
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 from vidseg.engines.builtin import BuiltinEngine  # noqa: E402
 from vidseg.web import create_app  # noqa: E402
@@ -203,7 +203,7 @@ def test_click_track_correct_export_and_restart_in_the_browser(
     pixels = wait_for_mask_change(page, 0)
     assert 0.5 < pixels / truth(0).sum() < 1.5
     assert shown_colour(page, *centre(truth(0))) != plain
-    assert page.locator("#objects li").count() == 1
+    expect(page.locator("#objects li")).to_have_count(1)
     page.locator("#objects li input.name").fill("bear")
     page.locator("#objects li input.name").press("Enter")
 
@@ -228,7 +228,7 @@ def test_click_track_correct_export_and_restart_in_the_browser(
 
     # A second object, drawn as a box around a rock, on frame 8.
     page.click("#add-object")
-    assert page.locator("#objects li").count() == 2
+    expect(page.locator("#objects li")).to_have_count(2)
     before = wait_for_frame(page, 8)
     drag_box(page, 560, 60, 840, 300)
     assert wait_for_mask_change(page, before) > before
@@ -262,11 +262,21 @@ def test_click_track_correct_export_and_restart_in_the_browser(
     server.restart()
     page.reload()
     assert wait_for_frame(page, 0) == pixels
-    assert page.locator("#objects li input.name").first.input_value() == "bear"
-    assert page.locator("#objects li").count() == 2
+    expect(page.locator("#objects li input.name").first).to_have_value("bear")
+    expect(page.locator("#objects li")).to_have_count(2)
     page.fill("#scrub", "8")
     assert wait_for_frame(page, 8) > tracked * 0.5
     restored = page.request.get(f"{server.url}/api/sessions/{session_id}").json()
     for key in ("objects", "prompted_frames", "done_frames"):
         assert restored[key] == shown[key]
     assert page.request.get(f"{server.url}/api/sessions/{session_id}/prompts").json()[:2] == prompts
+
+    # The start page lists the session; it reopens from there, and can be forgotten.
+    page.click("#home")
+    page.click(f"#session-list li[data-id='{session_id}'] span")
+    assert wait_for_frame(page, 0) == pixels
+    page.click("#home")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"#session-list li[data-id='{session_id}'] .remove")
+    page.wait_for_selector("#session-list li.muted")
+    assert page.request.get(f"{server.url}/api/sessions").json() == []

@@ -173,6 +173,10 @@ def create_app(
         return Response(status_code=204)
 
     # -- frames and masks ----------------------------------------------------------------------
+    @app.get("/api/sessions/{session_id}/frames", summary="Every frame, with what it holds")
+    def list_frames(session_id: str) -> list[dict[str, Any]]:
+        return manager.get(session_id).list_frames()
+
     @app.get(
         "/api/sessions/{session_id}/frames/{frame_index}.jpg",
         summary="A frame as JPEG",

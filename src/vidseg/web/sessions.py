@@ -199,6 +199,17 @@ class WebSession:
             "job": None if self.job is None else self.job.snapshot(),
         }
 
+    def list_frames(self) -> list[dict[str, Any]]:
+        """Every frame: its index, name, and whether it has prompts and propagated masks."""
+        info = self.tracking.info
+        prompted = {frame for frame, _ in list(self._prompt_order)}
+        done = set(list(self._results))
+        names = info.frame_names or [f"{i:05d}" for i in range(info.num_frames)]
+        return [
+            {"index": i, "name": name, "prompted": i in prompted, "tracked": i in done}
+            for i, name in enumerate(names)
+        ]
+
     def frame_jpeg(self, frame_index: int) -> bytes:
         """Frame ``frame_index`` as a JPEG (cached)."""
         self._check_frame(frame_index)

@@ -72,12 +72,28 @@ async function showStart() {
     return option;
   }));
   const list = $("session-list");
-  if (!sessions.length) return;
+  if (!sessions.length) {
+    list.innerHTML = '<li class="muted">none yet</li>';
+    return;
+  }
   list.replaceChildren(...sessions.map((s) => {
     const item = document.createElement("li");
-    item.textContent = `${s.name} · ${new Date(s.updated * 1000).toLocaleString()}`;
     item.dataset.id = s.id;
-    item.onclick = () => openSession(s.id);
+    const label = document.createElement("span");
+    label.textContent = `${s.name} · ${new Date(s.updated * 1000).toLocaleString()}`;
+    label.onclick = () => openSession(s.id).catch((error) => say(error.message));
+    const remove = document.createElement("button");
+    remove.className = "remove";
+    remove.title = "forget this session (its prompts and masks)";
+    remove.textContent = "×";
+    remove.onclick = async () => {
+      if (!confirm(`Forget the session of ${s.name}?`)) return;
+      try {
+        await api("DELETE", `/api/sessions/${s.id}`);
+        await showStart();
+      } catch (error) { say(error.message); }
+    };
+    item.append(label, " ", remove);
     return item;
   }));
 }
