@@ -171,8 +171,13 @@ def wait_for_mask_change(page: Page, before: int) -> int:
 
 
 def propagate(page: Page) -> None:
+    """Click Propagate and wait until the page reports that this new job is done."""
+    before = page.evaluate("document.body.dataset.jobId || ''")
     page.click("#propagate")
-    page.wait_for_function("document.body.dataset.job === 'done'", timeout=60_000)
+    page.wait_for_function(
+        f"document.body.dataset.job === 'done' && document.body.dataset.jobId !== '{before}'",
+        timeout=60_000,
+    )
     assert (
         page.locator("#progress-label")
         .text_content()

@@ -390,6 +390,7 @@ $("cancel").onclick = async () => {
 function showJob(job) {
   const running = Boolean(job && job.state === "running");
   document.body.dataset.job = job ? job.state : "none";
+  document.body.dataset.jobId = job ? String(job.id) : "";
   $("propagate").disabled = running;
   $("cancel").disabled = !running;
   $("progress").max = job ? Math.max(1, job.total) : 1;
