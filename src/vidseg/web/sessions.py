@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vidseg.errors import OutputError, PromptError, VideoReadError, VidsegError
-from vidseg.io import FrameSource, open_frames
+from vidseg.io import FrameSource, VideoFileSource, open_frames
 from vidseg.outputs import (
     CocoRleWriter,
     OverlayVideoWriter,
@@ -48,6 +48,7 @@ EXPORT_KINDS = {"masks.zip": "application/zip", "coco.json": "application/json",
                 "overlay.mp4": "video/mp4"}  # fmt: skip
 JPEG_QUALITY = 88
 JPEG_CACHE_FRAMES = 64  # per session: scrubbing back and forth re-encodes nothing
+BROWSE_CACHE_FRAMES = 8  # decoded frames kept by the page's reader of a video file
 
 
 class NotFoundError(VidsegError):
@@ -144,8 +145,13 @@ class WebSession:
         self.store = store
         self.tracking = TrackingSession(open_frames(video_path), engine=engine)
         # A second reader for the page's frame images, so that browsing does not disturb the
-        # propagation's sequential decoding.
-        self._browse: FrameSource = open_frames(video_path)
+        # propagation's sequential decoding. Its decoded-frame cache is kept small: the JPEGs
+        # of the frames shown are cached instead, and every open session holds one.
+        self._browse: FrameSource = (
+            VideoFileSource(video_path, cache_frames=BROWSE_CACHE_FRAMES)
+            if video_path.is_file()
+            else open_frames(video_path)
+        )
         self._browse_lock = threading.Lock()
         self._jpegs: OrderedDict[int, bytes] = OrderedDict()
         self.objects: dict[int, dict[str, Any]] = {}
