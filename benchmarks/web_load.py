@@ -14,6 +14,7 @@ request kind and the number of errors (non-2xx answers or failed connections).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import socket
 import subprocess
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                 thread.join()
             elapsed = time.monotonic() - started
             rss = peak_rss_mb(server.pid)
+            load = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -242,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     body = f"""## Web app under load (loopback)
 
 `{command}`, {date.today().isoformat()}, on {machine["cpu"]} ({machine["usable cpus"]} usable
-CPUs), shared with a training job at the time. `vidseg serve` in its own process;
+CPUs), shared with a training job and other benchmarks at the time (1-minute load average
+at the end of the run: {load:.1f}). `vidseg serve` in its own process;
 {args.users} simulated users, each a thread with its own connection and its own session on
 the first {args.frames} frames of DAVIS `{SEQUENCE}` (854x480), for {args.seconds:g} s: each
 steps through the frames as the page does (frame JPEG, masks as JSON, masks as PNG when
