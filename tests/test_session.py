@@ -598,3 +598,17 @@ def test_builtin_engine_box_prompt(synthetic) -> None:
         ys, xs = np.nonzero(truth)
         mask = session.add_box(0, obj_id, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
         assert iou(mask, truth) > 0.6, obj_id
+
+
+def test_builtin_engine_takes_a_correction_of_one_of_two_objects(synthetic) -> None:
+    """A later prompt that names only object 1 (a correction) puts that frame in memory twice:
+    as the prompt (object 1) and as a propagated frame (both objects). Both stay tracked."""
+    frames, labels = synthetic
+    session = TrackingSession(frames)
+    for obj_id in (1, 2):
+        session.add_mask(0, obj_id, labels[0] == obj_id)
+    session.add_mask(5, 1, labels[5] == 1)
+    results = list(session.propagate())
+    for obj_id in (1, 2):
+        ious = [iou(r.masks[obj_id], labels[r.frame_index] == obj_id) for r in results]
+        assert np.mean(ious) > 0.5, (obj_id, np.round(ious, 2))

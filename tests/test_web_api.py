@@ -252,12 +252,6 @@ def test_session_survives_a_restart_with_every_prompt_and_mask(clip, engine, tmp
         assert [o["obj_id"] for o in masks["objects"]] == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="engine bug: BuiltinTracker.predict looks up every object in every memory frame "
-    "(values16[obj]), but a prompted frame may hold a subset of the objects (Tracker protocol)",
-)
 def test_correcting_one_of_two_objects_then_propagating_again(clip, engine, tmp_path):
     """The usual correction: a click on one object on a later frame, then propagate again."""
     folder, path, labels = clip

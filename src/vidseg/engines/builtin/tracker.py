@@ -164,8 +164,9 @@ class BuiltinTracker(MemoryTracker):
         query = self._encode(frame_index, frame)
         predictions: dict[int, tuple[np.ndarray, float]] = {}
         # Objects remembered on the same frames share one affinity matrix (usually all of them).
-        for frames, group in _group_by_memory_frames(self.memory, object_ids).items():
-            memory = [m for m in self.memory if m.frame_index in frames]
+        entries = list(self.memory)
+        for positions, group in _group_by_memory_entries(entries, object_ids).items():
+            memory = [entries[i] for i in sorted(positions)]
             memory_keys = torch.cat([m.key16.flatten(1) for m in memory], 1)[None]
             # (objects, V, M): each object's values over the same memory cells.
             memory_values = torch.stack(
@@ -197,11 +198,14 @@ class BuiltinTracker(MemoryTracker):
             }
 
 
-def _group_by_memory_frames(
-    memory: MemoryBank, object_ids: list[int]
+def _group_by_memory_entries(
+    entries: list[MemoryFrame], object_ids: list[int]
 ) -> dict[frozenset[int], list[int]]:
+    """Objects grouped by the memory entries (positions in ``entries``) that hold them. By
+    entry, not by frame index: a frame can be in memory twice, as a prompt that names some
+    objects and as a propagated frame that names them all."""
     groups: dict[frozenset[int], list[int]] = {}
     for obj in object_ids:
-        frames = frozenset(m.frame_index for m in memory if obj in m.values16)
-        groups.setdefault(frames, []).append(obj)
+        positions = frozenset(i for i, m in enumerate(entries) if obj in m.values16)
+        groups.setdefault(positions, []).append(obj)
     return groups
