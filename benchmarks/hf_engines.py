@@ -42,6 +42,7 @@ from common import (  # noqa: E402
 from memory import looped_video  # noqa: E402
 
 CLIP = "bear"
+RSS_ENGINES = ("sam2", "edgetam")
 ENGINES = {
     "builtin": "vidseg built-in engine",
     "sam2": "SAM 2.1 hiera-tiny-sized (random weights)",
@@ -116,6 +117,19 @@ def child_track(engine: str, video: Path, mask: Path, out: Path) -> dict:
     return {"engine": engine, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
+def read_log(log: Path, lengths: list[int]) -> tuple[dict, dict]:
+    """The results an earlier run printed (one JSON object a line), for ``--from-log``: the
+    timing runs, then the RSS runs in the order they are made."""
+    results = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    timing = {r["engine"]: r for r in results if "seconds_per_frame" in r}
+    runs = [r for r in results if "seconds_per_frame" not in r]
+    order = [(engine, length) for length in lengths for engine in RSS_ENGINES]
+    rss = {}
+    for (engine, length), result in zip(order, runs, strict=False):
+        rss[(engine, length)] = {**result, "fps": length / result["seconds"]}
+    return timing, rss
+
+
 def run_child(*args: str) -> dict:
     """Run this script in child mode; its last stdout line is its JSON result."""
     command = [sys.executable, str(Path(__file__).resolve()), *args]
@@ -134,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", default="200,2000", help="video lengths for the RSS runs")
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--from-log",
+        type=Path,
+        metavar="LOG",
+        help="write the section from what an interrupted run printed (give its arguments too)",
+    )
     parser.add_argument("--child-time", metavar="ENGINE", help=argparse.SUPPRESS)
     parser.add_argument("--child-track", nargs=4, metavar="X", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,9 +166,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child_track(engine, Path(video), Path(mask), Path(out))))
         return
 
+    lengths = [int(n) for n in args.lengths.split(",")]
+    if args.from_log:
+        timing, rss = read_log(args.from_log, lengths)
+        body = report(args, timing, rss, lengths, None)
+        print(body)
+        if not args.no_write:
+            write_section(BENCHMARKS_MD, "hf-engines", body)
+        return
     started = time.perf_counter()
     timing = {engine: run_child("--child-time", engine, *_common(args)) for engine in ENGINES}
-    lengths = [int(n) for n in args.lengths.split(",")]
     rss: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = Path(tmp) / "mask.png"
@@ -156,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         for length in lengths:
             video = Path(tmp) / f"{CLIP}-{length}.mp4"
             looped_video(args.data / "videos" / f"{CLIP}.mp4", length, video)
-            for engine in ("sam2", "edgetam"):
+            for engine in RSS_ENGINES:
                 out = Path(tmp) / f"masks-{engine}-{length}"
                 result = run_child("--child-track", engine, str(video), str(mask_path), str(out))
                 result["fps"] = length / result["seconds"]
@@ -179,18 +206,28 @@ def _common(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def report(args, timing: dict, rss: dict, lengths: list[int], total_minutes: float) -> str:
+def report(args, timing: dict, rss: dict, lengths: list[int], total_minutes: float | None) -> str:
     import torch
 
     machine = machine_description()
     builtin = timing["builtin"]
+    command = (
+        f"python benchmarks/hf_engines.py --timed-frames {args.timed_frames} --builtin-frames "
+        f"{args.builtin_frames} --lengths {args.lengths}"
+    )
+    if total_minutes is None:
+        how = (
+            f"`{command}`, stopped during its last run; this section written from what it "
+            f"printed with `{command} --from-log LOG`"
+        )
+    else:
+        how = f"`{command}`, {total_minutes:.0f} minutes in all"
     lines = [
         "## SAM 2.1 and EdgeTAM (transformers) next to the built-in engine",
         "",
-        f"`python benchmarks/hf_engines.py --timed-frames {args.timed_frames} --builtin-frames "
-        f"{args.builtin_frames} --lengths {args.lengths}`, {date.today()}, on {machine['cpu']} "
+        f"{how}; {date.today()}, on {machine['cpu']} "
         f"({machine['usable cpus']} usable CPUs, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads), {total_minutes:.0f} minutes in all. The machine "
+        f"{torch.get_num_threads()} threads). The machine "
         "was shared with a training job at the time, so absolute times are pessimistic; the "
         "ratios are what to read. Random weights, nothing downloaded (they cost the same time "
         "as trained ones). Clip `bear` (DAVIS, 854x480), one object, first-frame mask, forward; "
@@ -233,13 +270,25 @@ def report(args, timing: dict, rss: dict, lengths: list[int], total_minutes: flo
         "| model | " + " | ".join(f"{n} frames: peak RSS MB (fps)" for n in lengths) + " | ratio |",
         "| --- | " + " | ".join("---:" for _ in lengths) + " | ---: |",
     ]
-    for engine in ("sam2", "edgetam"):
+    for engine in RSS_ENGINES:
+        runs = [rss.get((engine, n)) for n in lengths]
         cells = [
-            f"{rss[(engine, n)]['peak_rss_mb']:.0f} ({rss[(engine, n)]['fps']:.1f})"
-            for n in lengths
+            "not finished" if r is None else f"{r['peak_rss_mb']:.0f} ({r['fps']:.1f})"
+            for r in runs
         ]
-        ratio = rss[(engine, lengths[-1])]["peak_rss_mb"] / rss[(engine, lengths[0])]["peak_rss_mb"]
-        lines.append(f"| {engine} (tiny) | " + " | ".join(cells) + f" | {ratio:.3f} |")
+        done = [r for r in runs if r is not None]
+        ratio = (
+            f"{done[-1]['peak_rss_mb'] / done[0]['peak_rss_mb']:.3f}"
+            if len(done) == len(runs) > 1
+            else "-"
+        )
+        lines.append(f"| {engine} (tiny) | " + " | ".join(cells) + f" | {ratio} |")
+    if len(rss) < len(lengths) * len(RSS_ENGINES):
+        lines += [
+            "",
+            "A run marked not finished was stopped: the shared machine had slowed to about "
+            "half a frame per second, too slow to finish it in the time there was.",
+        ]
     return "\n".join(lines)
 
 
