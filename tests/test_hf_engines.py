@@ -272,16 +272,10 @@ def test_a_checkpoint_is_config_and_weights_only(checkpoints) -> None:
 
 # -- the session semantics on every backend ---------------------------------------------------
 
-BUILTIN_LATER_OBJECT_BUG = pytest.mark.xfail(
-    raises=KeyError,
-    reason="built-in tracker: KeyError when a prompted frame in memory lacks one of the "
-    "objects (prompted elsewhere), e.g. an object appearing later or a correction of one object",
-)
+BACKENDS = ("builtin", *FAMILIES)
 
 
-@pytest.mark.parametrize(
-    "backend", [pytest.param("builtin", marks=BUILTIN_LATER_OBJECT_BUG), *FAMILIES]
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_tracks_clicks_boxes_and_masks_both_ways(engines, video, backend) -> None:
     session = TrackingSession(video.frames, engine=engines[backend])
     first_mask = video.labels[0] == 1
@@ -304,9 +298,7 @@ def test_backend_tracks_clicks_boxes_and_masks_both_ways(engines, video, backend
     assert by_frame[0].scores[3] == by_frame[5].scores[2] == 1.0
 
 
-@pytest.mark.parametrize(
-    "backend", [pytest.param("builtin", marks=BUILTIN_LATER_OBJECT_BUG), *FAMILIES]
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_correction_remove_and_reset(engines, video, backend) -> None:
     session = TrackingSession(video.frames, engine=engines[backend])
     session.add_mask(0, 1, video.labels[0] == 1)
