@@ -96,6 +96,7 @@ CORRECTION_CLICKS = 3
 def corrected_propagation(engine, frames, truths: list[np.ndarray]) -> tuple[float, float, int]:
     """J&F (DAVIS protocol) of propagating one first-frame click, then again after correction
     clicks on the worst frame; and that frame's index."""
+    from vidseg.errors import PromptError
     from vidseg.evaluation import evaluate_sequence
     from vidseg.evaluation.metrics import region_similarity
     from vidseg.session import TrackingSession
@@ -118,7 +119,10 @@ def corrected_propagation(engine, frames, truths: list[np.ndarray]) -> tuple[flo
         if iou(prediction, truths[worst]) >= 0.85:
             break
         (x, y), label = next_click(prediction, truths[worst])
-        prediction = session.add_points(worst, 1, [[x, y]], [label])
+        try:
+            prediction = session.add_points(worst, 1, [[x, y]], [label])
+        except PromptError:  # the click would empty the mask: the session refuses it
+            break
     after = propagated()
     return (
         100 * evaluate_sequence(before, truths).jf,
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "One click on the first frame (the protocol's first click), propagated forward "
             "through the sequence; then correction clicks on the worst frame (lowest J; the "
-            f"protocol's clicks until IoU 0.85 there, at most {CORRECTION_CLICKS}) and a new "
+            f"protocol's clicks until IoU 0.85 there, at most {CORRECTION_CLICKS}, stopping at "
+            "a click that would empty the mask, which the session refuses) and a new "
             "propagation, in which both frames' prompts condition the tracking. J&F over the "
             "sequence (DAVIS protocol), default engine:",
             "",

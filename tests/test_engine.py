@@ -165,6 +165,21 @@ def test_memory_affinity_is_a_distribution_that_finds_the_same_cell() -> None:
     assert torch.equal(affinity[0].argmax(1), expected)
 
 
+def test_top_k_affinity_keeps_only_the_best_memory_cells() -> None:
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(1, 8, 2, 2, generator=generator)
+    memory = torch.randn(1, 8, 10, generator=generator)
+    full = memory_affinity(query, memory)
+    top = memory_affinity(query, memory, top_k=3)
+    assert torch.allclose(top.sum(2), torch.ones(1, 4))
+    assert ((top > 0).sum(2) == 3).all()
+    # The cells kept are the three the full softmax weighs most, in the same proportions.
+    kept = full.topk(3, dim=2).indices
+    assert torch.equal((top > 0), torch.zeros_like(top, dtype=torch.bool).scatter_(2, kept, True))
+    best = full.gather(2, kept)
+    assert torch.allclose(top.gather(2, kept), best / best.sum(2, keepdim=True), atol=1e-6)
+
+
 def test_network_output_shapes_batch_over_objects() -> None:
     network = TrackingNetwork.pretrained()
     features16 = torch.randn(1, 112, 5, 7)
