@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -153,6 +154,52 @@ def machine_description() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         info["torch"] = "not installed"
     return info
+
+
+class LoadMonitor:
+    """How busy the machine was around a benchmark: the 1-minute load average just before it
+    (other work) and the highest seen while it ran (sampled every few seconds).
+
+    Absolute timings on a shared machine are only as good as the machine was quiet; the
+    reports say how busy it was so that a reader can judge them.
+
+    >>> with LoadMonitor() as monitor:
+    ...     pass
+    >>> monitor.peak >= 0
+    True
+    """
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self.before = self.peak = os.getloadavg()[0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, os.getloadavg()[0])
+
+    def __enter__(self) -> LoadMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, os.getloadavg()[0])
+
+    def describe(self) -> str:
+        """One clause for a report."""
+        text = (
+            f"1-minute load average {self.before:.1f} just before the run, at most "
+            f"{self.peak:.1f} while it ran"
+        )
+        if self.before > 1.0:
+            text += (
+                ": other work was running, so absolute times are pessimistic and the ratios "
+                "are what to read"
+            )
+        return text
 
 
 def section_markers(name: str) -> tuple[str, str]:

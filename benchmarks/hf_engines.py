@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
+    LoadMonitor,
     machine_description,
     open_sequence,
     write_section,
@@ -175,9 +176,9 @@ def main(argv: list[str] | None = None) -> None:
             write_section(BENCHMARKS_MD, "hf-engines", body)
         return
     started = time.perf_counter()
-    timing = {engine: run_child("--child-time", engine, *_common(args)) for engine in ENGINES}
-    rss: dict[tuple[str, int], dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with LoadMonitor() as load, tempfile.TemporaryDirectory() as tmp:
+        timing = {engine: run_child("--child-time", engine, *_common(args)) for engine in ENGINES}
+        rss: dict[tuple[str, int], dict] = {}
         mask_path = Path(tmp) / "mask.png"
         Image.fromarray(first_mask(args.data).astype(np.uint8) * 255).save(mask_path)
         for length in lengths:
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                 result["fps"] = length / result["seconds"]
                 rss[(engine, length)] = result
     total_minutes = (time.perf_counter() - started) / 60
-    body = report(args, timing, rss, lengths, total_minutes)
+    body = report(args, timing, rss, lengths, total_minutes, load)
     print(body)
     if not args.no_write:
         write_section(BENCHMARKS_MD, "hf-engines", body)
@@ -206,8 +207,17 @@ def _common(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def report(args, timing: dict, rss: dict, lengths: list[int], total_minutes: float | None) -> str:
+def report(
+    args,
+    timing: dict,
+    rss: dict,
+    lengths: list[int],
+    total_minutes: float | None,
+    load: LoadMonitor | None = None,
+) -> str:
     import torch
+
+    load_text = f"; {load.describe()}" if load else ""
 
     machine = machine_description()
     builtin = timing["builtin"]
@@ -227,9 +237,8 @@ def report(args, timing: dict, rss: dict, lengths: list[int], total_minutes: flo
         "",
         f"{how}; {date.today()}, on {machine['cpu']} "
         f"({machine['usable cpus']} usable CPUs, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads). The machine "
-        "was shared with a training job at the time, so absolute times are pessimistic; the "
-        "ratios are what to read. Random weights, nothing downloaded (they cost the same time "
+        f"{torch.get_num_threads()} threads){load_text}. "
+        "Random weights, nothing downloaded (they cost the same time "
         "as trained ones). Clip `bear` (DAVIS, 854x480), one object, first-frame mask, forward; "
         "each row is its own process.",
         "",

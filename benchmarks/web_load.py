@@ -14,7 +14,6 @@ request kind and the number of errors (non-2xx answers or failed connections).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import socket
 import subprocess
@@ -32,7 +31,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS_MD, DEFAULT_DAVIS, machine_description, write_section  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS_MD,
+    DEFAULT_DAVIS,
+    LoadMonitor,
+    machine_description,
+    write_section,
+)
 
 SEQUENCE = "bear"
 KINDS = ("frame", "masks", "mask png", "prompt")
@@ -207,13 +212,13 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
             started = time.monotonic()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            with LoadMonitor() as load:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
             elapsed = time.monotonic() - started
             rss = peak_rss_mb(server.pid)
-            load = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -244,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     body = f"""## Web app under load (loopback)
 
 `{command}`, {date.today().isoformat()}, on {machine["cpu"]} ({machine["usable cpus"]} usable
-CPUs), shared with a training job and other benchmarks at the time (1-minute load average
-at the end of the run: {load:.1f}). `vidseg serve` in its own process;
+CPUs); {load.describe()}. `vidseg serve` in its own process;
 {args.users} simulated users, each a thread with its own connection and its own session on
 the first {args.frames} frames of DAVIS `{SEQUENCE}` (854x480), for {args.seconds:g} s: each
 steps through the frames as the page does (frame JPEG, masks as JSON, masks as PNG when
