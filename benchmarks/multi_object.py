@@ -105,8 +105,8 @@ class RecordingEngine:
     def mask_from_prompt(self, frame, prompt, previous=None):
         return self.engine.mask_from_prompt(frame, prompt, previous)
 
-    def new_tracker(self, info):
-        tracker = self.engine.new_tracker(info)
+    def new_tracker(self, info, *, reverse=False):
+        tracker = self.engine.new_tracker(info, reverse=reverse)
         self.trackers.append(tracker)
         return tracker
 

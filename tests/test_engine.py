@@ -11,7 +11,7 @@ import torch
 
 from vidseg.demo.synthetic import render_synthetic_video
 from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
+from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, load_encoder, normalize
 from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
 from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork
@@ -48,6 +48,22 @@ def test_encoder_feature_shapes_and_determinism() -> None:
     assert first.stride16.shape == (1, 112, 6, 10)
     assert torch.equal(first.stride16, second.stride16)
     assert not any(p.requires_grad for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize("size", [(320, 576), (176, 240)])
+def test_inference_runtimes_give_the_eager_encoders_features(video, runtime, size) -> None:
+    """The shipped ONNX export (and the TorchScript module) compute what the PyTorch encoder
+    the network was trained on computes, at any input size; a stale or wrong ONNX file fails."""
+    frame = torch.from_numpy(video.frames[5]).permute(2, 0, 1)[None].float()
+    image = normalize(torch.nn.functional.interpolate(frame, size=size, mode="bilinear"))
+    with torch.inference_mode():
+        expected = EfficientNetLite0Encoder.pretrained()(image)
+    got = load_encoder(runtime)(image)
+    for stride in (4, 8, 16):
+        want, have = getattr(expected, f"stride{stride}"), getattr(got, f"stride{stride}")
+        assert have.shape == want.shape
+        assert (have - want).abs().max() < 1e-3 * want.abs().max()
 
 
 def test_encoder_features_tell_objects_from_background(video) -> None:

@@ -381,8 +381,8 @@ def test_tracker_state_stays_bounded_on_a_long_video(engines, family) -> None:
     trackers: list[HFTracker] = []
     new_tracker = engine.new_tracker
 
-    def spy(info):
-        trackers.append(new_tracker(info))
+    def spy(info, *, reverse=False):
+        trackers.append(new_tracker(info, reverse=reverse))
         return trackers[-1]
 
     engine.new_tracker = spy  # type: ignore[method-assign]

@@ -61,6 +61,7 @@ class FakeTracker:
         self.info = info
         self.memory: dict[int, dict[int, np.ndarray]] = {}  # object -> frame -> mask
         self.log: list[tuple[str, int, bool]] = []  # ("remember" | "predict", frame, prompted)
+        self.reverse = False
 
     def remember(
         self,
@@ -114,8 +115,9 @@ class FakeEngine:
             mask[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = bool(label)
         return mask
 
-    def new_tracker(self, info: VideoInfo) -> FakeTracker:
+    def new_tracker(self, info: VideoInfo, *, reverse: bool = False) -> FakeTracker:
         tracker = FakeTracker(self, info)
+        tracker.reverse = reverse
         self.trackers.append(tracker)
         return tracker
 
@@ -196,6 +198,8 @@ def test_both_uses_a_fresh_memory_for_each_direction(
     forward, backward = engine.trackers
     assert [f for kind, f, _ in forward.log if kind == "predict"] == [4, 5, 6, 7, 8, 9]
     assert [f for kind, f, _ in backward.log if kind == "predict"] == [3, 2, 1, 0]
+    # Each tracker is told its direction up front (SAM 2 reads its memory by direction).
+    assert (forward.reverse, backward.reverse) == (False, True)
     for result in results:
         assert (result.masks[1] == square_mask(1, result.frame_index)).all()
 

@@ -125,3 +125,34 @@ def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
     # Same place at every stride: the stride-4 cover, pooled to 16, is the stride-16 cover.
     covered4 = (clip["stride4"] == marker).all(1).float()
     assert torch.equal(torch.nn.functional.max_pool2d(covered4, 4) > 0, covered16)
+
+
+def test_warped_frames_keep_features_and_mask_aligned(sequence) -> None:
+    """Static-image sequences: one frame warped three ways. Features that are the mask itself
+    (pooled to each stride) must still match the warped mask at every stride, and the three
+    frames must differ (the warp makes the object move)."""
+    clip = train_tracker.crop_clip(sequence, 0, np.array([3, 3, 3]), (0, 0), (8, 12))
+    for stride in (4, 8, 16):
+        pooled = torch.nn.functional.avg_pool2d(clip["masks"], stride)
+        clip[f"stride{stride}"] = pooled.expand(-1, 4, -1, -1).clone()
+    area_before = clip["masks"].sum()
+    train_tracker.warp_clip(clip, np.random.default_rng(5), strength=1.0)
+    masks = clip["masks"]
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    # Scale is at most 20% per side: the area stays within (0.8^2, 1.2^2) unless cut by the crop.
+    assert 0.4 * area_before / 3 < masks[0].sum() < 1.5 * area_before / 3
+    for stride in (4, 8, 16):
+        expected = torch.nn.functional.avg_pool2d(masks, stride)
+        error = (clip[f"stride{stride}"][:, :1] - expected).abs().mean()
+        assert error < 0.05 * expected.mean() + 0.01, (stride, float(error))
+
+
+def test_static_and_warped_clips_are_sampled_with_the_object_shown(sequence) -> None:
+    rng = np.random.default_rng(1)
+    batch = train_tracker.sample_batch(
+        [sequence], rng, batch_size=6, max_gap=3, crop_cells=(6, 8), static_probability=1.0
+    )
+    assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
+    # One frame three times, each warped its own way: the masks differ between frames.
+    assert all(not torch.equal(clip[0], clip[1]) for clip in batch.masks)

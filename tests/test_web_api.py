@@ -78,8 +78,8 @@ class GatedEngine:
     def mask_from_prompt(self, frame, prompt, previous=None):
         return self.engine.mask_from_prompt(frame, prompt, previous)
 
-    def new_tracker(self, info):
-        tracker, gate = self.engine.new_tracker(info), self.gate
+    def new_tracker(self, info, *, reverse=False):
+        tracker, gate = self.engine.new_tracker(info, reverse=reverse), self.gate
 
         class GatedTracker:
             def remember(self, *args, **kwargs):

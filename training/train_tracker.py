@@ -70,10 +70,14 @@ def sample_batch(
     max_gap: int,
     crop_cells: tuple[int, int],
     distractor_probability: float = 0.0,
+    static_probability: float = 0.0,
+    warp_probability: float = 0.0,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
-    ``distractor_probability`` another sequence's object moves through the clip
+    ``static_probability`` the clip is one frame three times (a static-image sequence, made to
+    move by :func:`warp_clip`), with ``warp_probability`` a real clip's frames are warped too;
+    with ``distractor_probability`` another sequence's object moves through the clip
     (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`)."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
@@ -89,11 +93,18 @@ def sample_batch(
         frames = start + np.concatenate([[0], np.cumsum(gaps)])
         if rng.random() < 0.5:
             frames = frames[::-1].copy()
+        static = static_probability and rng.random() < static_probability
+        if static:
+            frames = np.full(CLIP_FRAMES, frames[0])
         mirror = int(rng.integers(2))
         cells_high, cells_wide = sequence.stride16.shape[-2:]
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
         left = rng.integers(0, cells_wide - crop_cells[1] + 1)
         clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells)
+        if static:
+            warp_clip(clip, rng, strength=1.0)
+        elif warp_probability and rng.random() < warp_probability:
+            warp_clip(clip, rng, strength=0.5)
         if distractor_probability and rng.random() < distractor_probability:
             paste_distractor(clip, sequences, rng, sequence.name)
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
@@ -128,6 +139,41 @@ def crop_clip(
             left * scale : (left + crop_cells[1]) * scale,
         ].float()
     return clip
+
+
+def warp_clip(clip: dict[str, torch.Tensor], rng: np.random.Generator, strength: float) -> None:
+    """Random affine motion and deformation, in place: each frame of the clip gets its own
+    scale, rotation, shear and shift (up to ``strength`` times 20%, 15 degrees, 10% and 15%),
+    applied alike to its feature maps and mask. A frame's features are not exactly those of the
+    warped frame (the encoder is not equivariant), but close enough for the small motions of
+    video, and they make a single frame into a moving clip: the static-image sequences of
+    STM, without the encoder in the loop."""
+    thetas = []
+    for _ in range(clip["masks"].shape[0]):
+        scale = np.exp(rng.uniform(-0.2, 0.2) * strength)
+        angle = np.deg2rad(rng.uniform(-15, 15) * strength)
+        shear = rng.uniform(-0.1, 0.1) * strength
+        shift = rng.uniform(-0.15, 0.15, size=2) * strength
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        linear = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) / scale
+        thetas.append(np.concatenate([linear, shift[:, None]], axis=1))
+    theta = torch.tensor(np.stack(thetas), dtype=torch.float32)
+    for name, value in clip.items():
+        grid = F.affine_grid(theta, list(value.shape), align_corners=False)
+        warped = F.grid_sample(
+            value, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        if name == "masks":
+            # Outside the frame there is no object, whatever the border holds.
+            inside = F.grid_sample(
+                torch.ones_like(value),
+                grid,
+                mode="nearest",
+                padding_mode="zeros",
+                align_corners=False,
+            )
+            warped = (warped * inside > 0.5).float()
+        clip[name] = warped
 
 
 def paste_distractor(
@@ -274,9 +320,7 @@ def clip_loss(network: TrackingNetwork, batch: Batch, hard_fraction: float) -> t
         truth = batch.masks[:, t + 1]
         visible = (truth.flatten(1).sum(1) >= MIN_VISIBLE_PIXELS).float()
         loss = loss + segmentation_loss(mask_logit, F.avg_pool2d(truth, 2), hard_fraction)
-        loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(
-            presence_logit, visible
-        )
+        loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(presence_logit, visible)
     return loss / len(mask_logits)
 
 
@@ -346,6 +390,8 @@ def train(arguments: argparse.Namespace) -> None:
             max_gap,
             (16, 28),
             arguments.distractor_probability,
+            arguments.static_probability,
+            arguments.warp_probability,
         )
         if arguments.feature_dropout:
             # Frozen features allow no photometric augmentation; dropping whole channels
@@ -390,6 +436,18 @@ if __name__ == "__main__":
         type=float,
         default=0.1,
         help="channel dropout on the frozen features during training",
+    )
+    parser.add_argument(
+        "--static-probability",
+        type=float,
+        default=0.0,
+        help="chance that a clip is one frame, warped three ways (a static-image sequence)",
+    )
+    parser.add_argument(
+        "--warp-probability",
+        type=float,
+        default=0.0,
+        help="chance that a real clip's frames get random affine warps (warp_clip)",
     )
     parser.add_argument(
         "--hold-out",

@@ -65,5 +65,6 @@ class Engine(Protocol):
         click refines it instead of starting over.
         """
 
-    def new_tracker(self, info: VideoInfo) -> Tracker:
-        """Start a propagation pass with an empty memory."""
+    def new_tracker(self, info: VideoInfo, *, reverse: bool = False) -> Tracker:
+        """Start a propagation pass with an empty memory; ``reverse``: the pass goes from later
+        to earlier frames (some models read their memory differently then)."""

@@ -290,7 +290,7 @@ class TrackingSession:
         return passes
 
     def _propagate_pass(self, frame_indices: range) -> Iterator[FrameResult]:
-        tracker = self.engine.new_tracker(self.info)
+        tracker = self.engine.new_tracker(self.info, reverse=frame_indices.step < 0)
         try:
             yield from self._track(tracker, frame_indices)
         finally:

@@ -47,6 +47,15 @@ class EncoderConfig:
     # (rounded to a multiple of 16): the main speed/quality trade-off of the engine.
     long_side: int = 576
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # What runs the encoder: "onnxruntime" (the shipped ONNX export; fastest on CPU) or
+    # "torchscript" (the PyTorch module, traced and frozen). Same features to about 1e-4.
+    runtime: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ("onnxruntime", "torchscript"):
+            raise ValueError(
+                f"[encoder] runtime must be 'onnxruntime' or 'torchscript', not {self.runtime!r}"
+            )
 
 
 @dataclass(frozen=True)

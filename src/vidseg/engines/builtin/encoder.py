@@ -7,10 +7,13 @@ into the convolutions at load time, since the encoder only ever runs frozen, in 
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -150,6 +153,76 @@ class OptimizedEncoder:
         """``image``: (N, 3, H, W) float, normalised with :func:`normalize`."""
         with torch.inference_mode():
             return EncodedFrame(*self._module(image))
+
+
+#: The pretrained encoder exported to ONNX (``training/export_encoder.py``), shipped with vidseg.
+ONNX_ENCODER_PATH = Path(__file__).with_name("weights") / "encoder_lite0_stride16.onnx"
+
+
+def export_onnx(encoder: EfficientNetLite0Encoder) -> bytes:
+    """The encoder as an ONNX model (any batch and input size). Needs the ``onnx`` package."""
+    model = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: the torch.export-based one needs onnxscript and gives
+        # the same graph for this plain convolutional network.
+        torch.onnx.export(
+            _TupleOutput(encoder).eval(),
+            (torch.zeros(1, 3, 64, 64),),
+            model,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["stride4", "stride8", "stride16"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
+            opset_version=17,
+        )
+    return model.getvalue()
+
+
+class OnnxEncoder:
+    """The pretrained encoder run by ONNX Runtime, from the ONNX file shipped with vidseg.
+
+    ONNX Runtime's CPU kernels for the depthwise convolutions are faster than PyTorch's (about
+    14% less time per frame at 576x320 on 2 cores), it loads in a fraction of the time
+    TorchScript takes to trace and freeze, and its threads degrade more gently when other
+    programs share the CPU. Same features as the eager encoder to about 1e-4; any input size.
+
+    >>> encoder = OnnxEncoder()
+    >>> encoder(torch.zeros(1, 3, 64, 96)).stride16.shape
+    torch.Size([1, 112, 4, 6])
+    """
+
+    channels = EfficientNetLite0Encoder.channels
+
+    def __init__(self, model: str | Path | bytes = ONNX_ENCODER_PATH, threads: int = 0) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # Spinning workers would take CPU from the torch stages that run between two frames.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        self._session = onnxruntime.InferenceSession(
+            source, options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, image: torch.Tensor) -> EncodedFrame:
+        """``image``: (N, 3, H, W) float, normalised with :func:`normalize`."""
+        array = np.ascontiguousarray(image.detach().numpy(), dtype=np.float32)
+        outputs = self._session.run(None, {"image": array})
+        return EncodedFrame(*(torch.from_numpy(output) for output in outputs))
+
+
+def load_encoder(runtime: str = "onnxruntime") -> ImageEncoder:
+    """The frozen pretrained encoder for inference, run by ``runtime``: "onnxruntime" (the
+    default, fastest on CPU) or "torchscript"."""
+    if runtime == "onnxruntime":
+        return OnnxEncoder()
+    if runtime == "torchscript":
+        return OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+    raise ValueError(f"unknown encoder runtime {runtime!r}: use 'onnxruntime' or 'torchscript'")
 
 
 def encoder_input_size(height: int, width: int, long_side: int) -> tuple[int, int]:

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import (
-    EfficientNetLite0Encoder,
     EncodedFrame,
-    OptimizedEncoder,
     encoder_input_size,
+    load_encoder,
     normalize,
 )
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
@@ -46,7 +45,7 @@ class BuiltinEngine:
         self.config = config or BuiltinConfig.load()
         if self.config.encoder.threads > 0:
             torch.set_num_threads(self.config.encoder.threads)
-        self.encoder = OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+        self.encoder = load_encoder(self.config.encoder.runtime)
         learned = self.config.tracker.kind == "learned"
         self.network = TrackingNetwork.pretrained() if learned else None
         self._prompt_decoder: PromptDecoder | None = None
@@ -71,7 +70,9 @@ class BuiltinEngine:
                 cls._shared = cls()
             return cls._shared
 
-    def new_tracker(self, info: VideoInfo) -> BuiltinTracker | MatchingTracker:
+    def new_tracker(
+        self, info: VideoInfo, *, reverse: bool = False
+    ) -> BuiltinTracker | MatchingTracker:
         if self.network is None:
             return MatchingTracker(self.encoder, self.config, info)
         return BuiltinTracker(self.encoder, self.network, self.config, info)

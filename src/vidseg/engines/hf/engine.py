@@ -126,8 +126,8 @@ class HFEngine:
         )
 
     # -- the engine protocol --------------------------------------------------------------------
-    def new_tracker(self, info: VideoInfo) -> HFTracker:
-        return HFTracker(self, info)
+    def new_tracker(self, info: VideoInfo, *, reverse: bool = False) -> HFTracker:
+        return HFTracker(self, info, reverse=reverse)
 
     def mask_from_prompt(
         self, frame: np.ndarray, prompt: ObjectPrompt, previous: np.ndarray | None = None
@@ -209,20 +209,16 @@ class HFTracker:
     """One propagation pass: a transformers inference session fed one frame at a time;
     implements :class:`vidseg.engines.base.Tracker`.
 
-    The direction of travel matters to SAM 2's memory (which neighbours it reads). The
-    tracker learns it from the order of the frames; on the first frame of a pass it assumes
-    forward if any prompt lies at or before that frame, else backward, which is right for
-    every pass the session starts by default.
+    The direction of travel matters to SAM 2's memory (which neighbours it reads): the
+    session says it when it starts the pass (``reverse``).
     """
 
-    def __init__(self, engine: HFEngine, info: VideoInfo) -> None:
+    def __init__(self, engine: HFEngine, info: VideoInfo, *, reverse: bool = False) -> None:
         self.engine = engine
         self.info = info
         self.session = engine.new_session(info.height, info.width)
         self.stage_seconds = {"preprocess": 0.0, "model": 0.0, "postprocess": 0.0}
-        self._prompted_frames: set[int] = set()
-        self._last_frame: int | None = None
-        self._reverse = False
+        self.reverse = reverse
         config = engine.model.config
         # How far back the model reads: memories of the last num_maskmem - 1 frames, object
         # pointers of the last max_object_pointers_in_encoder - 1.
@@ -252,7 +248,6 @@ class HFTracker:
         with self.engine._running():
             self.engine.model(session, frame_idx=frame_index, frame=pixels)
         self.stage_seconds["model"] += time.perf_counter() - start
-        self._prompted_frames.add(frame_index)
         # The model also tracked the objects not prompted here, out of order: forget that.
         for obj_idx, obj_id in enumerate(session.obj_ids):
             session.mask_inputs_per_obj[obj_idx].pop(frame_index, None)
@@ -265,18 +260,13 @@ class HFTracker:
 
     def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
         session = self.session
-        if self._last_frame is None:
-            self._reverse = not any(t <= frame_index for t in self._prompted_frames)
-        elif frame_index != self._last_frame:
-            self._reverse = frame_index < self._last_frame
-        self._last_frame = frame_index
         start = time.perf_counter()
         pixels = self.engine.preprocessing.frame_to_pixels(frame)
         self.stage_seconds["preprocess"] += time.perf_counter() - start
         start = time.perf_counter()
         with self.engine._running():
             output = self.engine.model(
-                session, frame_idx=frame_index, frame=pixels, reverse=self._reverse
+                session, frame_idx=frame_index, frame=pixels, reverse=self.reverse
             )
         self.stage_seconds["model"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -297,7 +287,7 @@ class HFTracker:
         session = self.session
         if session.processed_frames:
             session.processed_frames.clear()  # pixels are only read while a frame is processed
-        step = -1 if self._reverse else 1
+        step = -1 if self.reverse else 1
         for obj_idx, outputs in session.output_dict_per_obj.items():
             for output in outputs["cond_frame_outputs"].values():
                 output.pop("high_res_masks", None)
