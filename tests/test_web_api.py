@@ -275,6 +275,26 @@ def test_correcting_one_of_two_objects_then_propagating_again(clip, engine, tmp_
         assert job["state"] == "done"
 
 
+def test_idle_sessions_beyond_the_limit_close_and_reopen_intact(clip, engine, tmp_path):
+    """Memory stays bounded with many sessions: past ``max_open_sessions``, the least recently
+    used idle one is closed, and its next request reopens it from the database as it was."""
+    folder, path, labels = clip
+    app = create_app(tmp_path / "data", engine, allow_dirs=[folder], max_open_sessions=2)
+    app.state.manager.idle_seconds = 0.0
+    with TestClient(app) as client:
+        first = open_clip(client, path)
+        client.post(f"/api/sessions/{first}/objects", json={})
+        prompt = {"obj_id": 1, "box": bounding_box(labels[2] == 1)}
+        assert client.post(f"/api/sessions/{first}/frames/2/prompts", json=prompt).is_success
+        before = client.get(f"/api/sessions/{first}/frames/2/masks").json()
+        others = [open_clip(client, path) for _ in range(2)]
+        assert app.state.manager.open_ids() == others  # the first one was closed
+        after = client.get(f"/api/sessions/{first}/frames/2/masks").json()
+        assert after == before and object_mask(after, 1).any()
+        assert client.get(f"/api/sessions/{first}").json()["objects"][0]["id"] == 1
+        assert app.state.manager.open_ids() == [others[1], first]
+
+
 def test_more_than_three_objects_get_their_own_ids_and_colours(engine, tmp_path):
     video = render_synthetic_video(num_frames=24, width=WIDTH, height=HEIGHT, num_objects=4)
     path = write_mp4(tmp_path / "four.mp4", video.frames, video.fps)

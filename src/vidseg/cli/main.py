@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest video upload accepted (default: 500)",
     )
     serve.add_argument(
+        "--max-open-sessions",
+        metavar="N",
+        type=_positive_int("--max-open-sessions"),
+        default=8,
+        help="sessions held open in memory; idle ones beyond this reopen from the database "
+        "when next used (default: 8)",
+    )
+    serve.add_argument(
         "--threads",
         metavar="N",
         type=_positive_int("--threads"),
@@ -417,6 +425,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         allow_dirs=allow_dirs,
         max_upload_mb=args.max_upload_mb,
+        max_open_sessions=args.max_open_sessions,
         engine=engine,
     )
     return 0

@@ -86,11 +86,14 @@ def create_app(
     *,
     allow_dirs: Sequence[str | Path] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_open_sessions: int = 8,
 ) -> FastAPI:
     """The web app, keeping its database, uploads and exports under ``data_dir``.
 
     ``engine`` defaults to the shared built-in engine (loaded once per process). Videos may be
-    opened from ``data_dir/uploads`` and from ``allow_dirs``, nowhere else.
+    opened from ``data_dir/uploads`` and from ``allow_dirs``, nowhere else. At most
+    ``max_open_sessions`` sessions are held open in memory; idle ones beyond that are closed
+    and reopen from the database on their next request.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     uploads = data_dir / "uploads"
@@ -106,6 +109,7 @@ def create_app(
         AllowedDirectories([*allow_dirs, uploads]),
         uploads_dir=uploads,
         exports_dir=data_dir / "exports",
+        max_open=max_open_sessions,
     )
     max_upload_bytes = int(max_upload_mb * 2**20)
 
@@ -401,12 +405,19 @@ def run_server(
     port: int = 8000,
     allow_dirs: Sequence[str | Path] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_open_sessions: int = 8,
     engine: Engine | None = None,
 ) -> None:
     """Serve the web app with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(data_dir, engine, allow_dirs=allow_dirs, max_upload_mb=max_upload_mb)
+    app = create_app(
+        data_dir,
+        engine,
+        allow_dirs=allow_dirs,
+        max_upload_mb=max_upload_mb,
+        max_open_sessions=max_open_sessions,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import uuid
 import zipfile
 from collections import OrderedDict
@@ -509,7 +510,13 @@ class WebSession:
 
 
 class SessionManager:
-    """Every web session of one server: created, opened from the store, and closed."""
+    """Every web session of one server: created, opened from the store, and closed.
+
+    At most ``max_open`` sessions stay open (each holds two video readers and cached frame
+    images); beyond that, the least recently used ones that have been idle for
+    ``idle_seconds`` and run no propagation are closed. Nothing is lost: everything of a
+    session is in the store, and it reopens on its next request.
+    """
 
     def __init__(
         self,
@@ -518,6 +525,8 @@ class SessionManager:
         allowed: AllowedDirectories,
         uploads_dir: Path,
         exports_dir: Path,
+        max_open: int = 8,
+        idle_seconds: float = 60.0,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -525,6 +534,9 @@ class SessionManager:
         self.uploads_dir = uploads_dir.resolve()
         self.exports_dir = exports_dir
         self._open: dict[str, WebSession] = {}
+        self._last_used: dict[str, float] = {}
+        self.max_open = max_open
+        self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -538,6 +550,8 @@ class SessionManager:
         self.store.create_session(session_id, name=session.name, video_path=str(video_path))
         with self._lock:
             self._open[session_id] = session
+            self._last_used[session_id] = time.monotonic()
+        self._close_idle()
         return session
 
     def get(self, session_id: str) -> WebSession:
@@ -545,6 +559,7 @@ class SessionManager:
         with self._lock:
             session = self._open.get(session_id)
             if session is not None:
+                self._last_used[session_id] = time.monotonic()
                 return session
             loading = self._loading.setdefault(session_id, threading.Lock())
         with loading:  # two requests for a stored session load it once
@@ -567,7 +582,32 @@ class SessionManager:
             session.restore()
             with self._lock:
                 self._open[session_id] = session
-            return session
+                self._last_used[session_id] = time.monotonic()
+        self._close_idle()
+        return session
+
+    def open_ids(self) -> list[str]:
+        """The sessions open now (the others are only in the store), least recently used first."""
+        with self._lock:
+            return sorted(self._open, key=lambda session_id: self._last_used[session_id])
+
+    def _close_idle(self) -> None:
+        """Close least recently used sessions while more than ``max_open`` are open; only ones
+        idle for ``idle_seconds`` with no propagation running (a request may still hold a
+        session it got a moment ago)."""
+        now, closing = time.monotonic(), []
+        with self._lock:
+            for session_id in sorted(self._open, key=lambda key: self._last_used[key]):
+                if len(self._open) <= self.max_open:
+                    break
+                session = self._open[session_id]
+                busy = session.job is not None and session.job.running
+                if busy or now - self._last_used[session_id] < self.idle_seconds:
+                    continue
+                closing.append(self._open.pop(session_id))
+                del self._last_used[session_id]
+        for session in closing:
+            session.close()
 
     def list(self) -> list[dict[str, Any]]:
         rows = self.store.sessions()
@@ -581,6 +621,7 @@ class SessionManager:
             raise NotFoundError(f"unknown session id '{session_id}'")
         with self._lock:
             session = self._open.pop(session_id, None)
+            self._last_used.pop(session_id, None)
         if session is not None:
             session.close()
         row = self.store.session(session_id)
@@ -604,5 +645,6 @@ class SessionManager:
     def close(self) -> None:
         with self._lock:
             sessions, self._open = list(self._open.values()), {}
+            self._last_used = {}
         for session in sessions:
             session.close()
