@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -431,6 +432,11 @@ def test_uploads_are_type_checked_and_size_limited(clip, engine, tmp_path):
         schema = client.get("/openapi.json").json()
         assert "/api/sessions/{session_id}/propagation/events" in schema["paths"]
         assert "/api/sessions/{session_id}/export/{kind}" in schema["paths"]
+        # The API docs page works offline: its scripts come from this server, not a CDN.
+        docs = client.get("/docs").text
+        scripts = re.findall(r'src="([^"]+)"', docs) + re.findall(r'href="([^"]+\.css)"', docs)
+        assert scripts and all(url.startswith("/") for url in scripts), scripts
+        assert all(client.get(url).status_code == 200 for url in scripts)
 
 
 def free_port() -> int:

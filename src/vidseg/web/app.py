@@ -27,6 +27,7 @@ import av
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -119,7 +120,9 @@ def create_app(
         manager.close()  # running jobs stop after their current frame; finished ones are stored
         store.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves the /docs page's scripts itself: the stock one loads them from a
+    # CDN, which a machine without internet cannot reach.
+    app = FastAPIOffline(
         title="vidseg",
         version=__version__,
         description="Click objects in a video, track them, correct and export the masks.",
