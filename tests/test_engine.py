@@ -122,6 +122,31 @@ def test_tracker_reports_an_object_absent_when_it_leaves(engine) -> None:
     assert results[middle].masks[obj].sum() < 0.2 * (video.labels[0] == obj).sum()
 
 
+def test_a_mask_unlike_the_object_is_judged_a_ghost_relative_to_its_usual_match() -> None:
+    """Re-identification: a mask whose cells look like the prompted frame's background is
+    dropped, but only against the object's own usual match (a small or plain object that
+    always matches little stays present), and only when the mask is also smaller."""
+    from vidseg.io import VideoInfo
+
+    tracker = BuiltinEngine().new_tracker(VideoInfo(width=64, height=48, num_frames=9, fps=24))
+    tracker._reference_area.update({1: 400.0, 2: 400.0})
+    probability = np.zeros((48, 64), np.float32)
+    probability[10:30, 10:30] = 0.9  # 400 pixels, as prompted
+    small = np.zeros_like(probability)
+    small[10:20, 10:20] = 0.9  # 100 pixels
+    for _ in range(5):  # object 1 usually matches well, object 2 (plain, tiny) hardly
+        assert tracker._presence(1, probability, 0.95, object_match=0.7) == 0.95
+        assert tracker._presence(2, probability, 0.95, object_match=0.05) == 0.95
+    assert tracker._presence(1, small, 0.95, object_match=0.05) < 0.5  # a ghost
+    # An unsure frame is not learned: neither the ghost nor "absent" enters the memory.
+    frame = np.zeros((48, 64, 3), np.uint8)
+    tracker.remember(1, frame, {1: np.zeros((48, 64), bool), 2: small >= 0.5}, prompted=False)
+    assert [list(m.values16) for m in tracker.memory.recent] == [[2]]
+    assert tracker._presence(1, probability, 0.95, object_match=0.05) == 0.95  # not smaller
+    assert tracker._presence(2, small, 0.95, object_match=0.04) == 0.95  # as usual for it
+    assert tracker._presence(1, small, 0.95, object_match=None) == 0.95  # cannot tell
+
+
 def test_box_and_click_prompts_select_the_object(engine, video) -> None:
     for k in video.object_ids:
         truth = video.labels[0] == k

@@ -87,6 +87,14 @@ class PresenceConfig:
     # An object is judged absent when its area falls below this fraction of its prompted area.
     min_area_ratio: float = 0.02
     threshold: float = 0.5
+    # Re-identification (learned tracker): the share of the predicted cells that look more
+    # like the object than like the background of the prompted frames is tracked per object;
+    # the object is judged absent when it falls under min_object_match times its usual value
+    # while the mask is under match_max_area of the prompted area. That catches a "ghost":
+    # another object, in a new scene or in front of the target, that the read-out took for
+    # it. 0 disables.
+    min_object_match: float = 0.3
+    match_max_area: float = 0.7
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,40 @@ def memory_affinity(
     return torch.softmax(similarity, dim=2)
 
 
+def object_match_share(
+    query_key: torch.Tensor,
+    query_cells: torch.Tensor,
+    memory_keys: torch.Tensor,
+    memory_masks: torch.Tensor,
+    min_cells: int = 8,
+) -> float | None:
+    """Of the query cells predicted as the object, the share whose nearest memory cell (by key)
+    is an object cell rather than a background cell: a re-identification check.
+
+    ``query_key`` (C, H, W); ``query_cells`` (H, W) bool, the predicted object; ``memory_keys``
+    (C, M) and ``memory_masks`` (M,) the object's soft mask per memory cell. A mask on the
+    right object scores high (0.7 is typical); one on another object that the read-out took
+    for it scores near 0, since its cells look most like some background seen in memory.
+    None when it cannot tell: fewer than ``min_cells`` object cells in memory or half that
+    many predicted (a small object spans too few cells for the vote to mean anything), or no
+    background in memory.
+
+    >>> keys = torch.tensor([[0.0, 1.0]])  # two memory cells, 1 channel: background, object
+    >>> query = torch.tensor([[[0.9, 0.1]]])  # (1, 1, 2): one object-like, one background-like
+    >>> cells, masks = torch.tensor([[True, True]]), torch.tensor([0.0, 1.0])
+    >>> object_match_share(query, cells, keys, masks, min_cells=1)
+    0.5
+    """
+    objects, background = memory_masks >= 0.5, memory_masks <= 0.1
+    if objects.sum() < min_cells or query_cells.sum() < min_cells / 2 or not background.any():
+        return None
+    query = query_key.flatten(1)[:, query_cells.flatten()]  # (C, S)
+    distance = torch.cdist(query.T, memory_keys.T)  # (S, M)
+    nearest_object = distance[:, objects].min(1).values
+    nearest_background = distance[:, background].min(1).values
+    return float((nearest_object < nearest_background).float().mean())
+
+
 def read_values(
     affinity: torch.Tensor, memory_values: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:

@@ -22,7 +22,11 @@ from vidseg.engines.builtin.encoder import (
     encoder_input_size,
     normalize,
 )
-from vidseg.engines.builtin.memory_attention import memory_affinity, read_values
+from vidseg.engines.builtin.memory_attention import (
+    memory_affinity,
+    object_match_share,
+    read_values,
+)
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
 from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.io import VideoInfo
@@ -50,6 +54,10 @@ class MemoryTracker(ABC):
         self.input_size = encoder_input_size(info.height, info.width, config.encoder.long_side)
         self.memory = MemoryBank(config.memory.recent_frames)
         self._reference_area: dict[int, float] = {}
+        # Each object's usual object_match on frames where it was present (running mean).
+        self._usual_match: dict[int, float] = {}
+        # Objects judged absent on the last frame by the re-identification check alone.
+        self._unsure: set[int] = set()
         self._frames_since_stored = 0
         #: Seconds spent in each stage of the per-frame path, summed over the pass (profiling).
         self.stage_seconds: dict[str, float] = defaultdict(float)
@@ -83,6 +91,10 @@ class MemoryTracker(ABC):
             if self._frames_since_stored < self.config.memory.every:
                 return
             self._frames_since_stored = 0
+            # An object dropped by the re-identification check alone stays out of this frame's
+            # memory: neither the suspect mask nor "absent" is learned from an unsure frame
+            # (a wrong "absent" in memory would lose the object for good).
+            masks = {obj: mask for obj, mask in masks.items() if obj not in self._unsure}
         if not masks:
             return
         if prompted:
@@ -96,11 +108,20 @@ class MemoryTracker(ABC):
     ) -> None:
         """Add the frame with its objects' masks to the memory bank."""
 
-    def _presence(self, obj: int, probability: np.ndarray, score: float | None = None) -> float:
+    def _presence(
+        self,
+        obj: int,
+        probability: np.ndarray,
+        score: float | None = None,
+        object_match: float | None = None,
+    ) -> float:
         """The object's predicted presence: ``score`` (a learned presence probability) if
         given, else its mask's peak probability; below one half in any case when the mask
         shrank under ``min_area_ratio`` of its prompted area (a remnant, not the object: it is
-        judged absent, hidden or out of view)."""
+        judged absent, hidden or out of view), or when it is smaller than ``match_max_area``
+        of it and looks far less like the object than it usually does (``object_match``, from
+        :func:`~vidseg.engines.builtin.memory_attention.object_match_share`, under
+        ``min_object_match`` times its running mean: a ghost on something else)."""
         presence = self.config.presence
         if score is None:
             score = float(probability.max())
@@ -108,6 +129,19 @@ class MemoryTracker(ABC):
         reference = self._reference_area.get(obj, 0.0)
         if reference > 0 and area < presence.min_area_ratio * reference:
             return min(score, 0.49)
+        self._unsure.discard(obj)
+        if object_match is not None and reference > 0:
+            # Relative to the object's own usual match: small or plain objects match less.
+            usual = self._usual_match.get(obj, object_match)
+            if (
+                object_match < presence.min_object_match * usual
+                and area < presence.match_max_area * reference
+            ):
+                if score >= 0.5:
+                    self._unsure.add(obj)
+                return min(score, 0.49)
+            if score >= 0.5:
+                self._usual_match[obj] = 0.9 * usual + 0.1 * object_match
         return score
 
 
@@ -193,9 +227,29 @@ class BuiltinTracker(MemoryTracker):
                 predictions[obj] = (probability, presence)
         with self._stage("presence"):
             return {
-                obj: ObjectPrediction(p, self._presence(obj, p, learned))
+                obj: ObjectPrediction(
+                    p, self._presence(obj, p, learned, self._object_match(obj, query, p))
+                )
                 for obj, (p, learned) in predictions.items()
             }
+
+    def _object_match(self, obj: int, query: _QueryFrame, probability: np.ndarray) -> float | None:
+        """How much the predicted mask looks like the object in its prompted frames (see
+        :func:`object_match_share`); None when the check is off or cannot tell."""
+        if self.config.presence.min_object_match <= 0:
+            return None
+        prompted = [m for m in self.memory.prompted if obj in m.values16]
+        if not prompted:
+            return None
+        height, width = query.key.shape[-2:]
+        cells = cv2.resize(probability, (width, height), interpolation=cv2.INTER_AREA) >= 0.5
+        with torch.inference_mode():
+            return object_match_share(
+                query.key[0],
+                torch.from_numpy(cells),
+                torch.cat([m.key16.flatten(1) for m in prompted], 1),
+                torch.cat([m.values16[obj][-1].flatten() for m in prompted]),
+            )
 
 
 def _group_by_memory_entries(
