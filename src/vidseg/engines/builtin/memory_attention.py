@@ -78,7 +78,8 @@ def object_match_share(
     if objects.sum() < min_cells or query_cells.sum() < min_cells / 2 or not background.any():
         return None
     query = query_key.flatten(1)[:, query_cells.flatten()]  # (C, S)
-    distance = torch.cdist(query.T, memory_keys.T)  # (S, M)
+    # Squared distances less the query's own norm, which does not change the nearest cell.
+    distance = memory_keys.pow(2).sum(0)[None] - 2 * query.T @ memory_keys  # (S, M)
     nearest_object = distance[:, objects].min(1).values
     nearest_background = distance[:, background].min(1).values
     return float((nearest_object < nearest_background).float().mean())

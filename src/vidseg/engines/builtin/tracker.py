@@ -196,7 +196,7 @@ class BuiltinTracker(MemoryTracker):
         if not object_ids:
             return {}
         query = self._encode(frame_index, frame)
-        predictions: dict[int, tuple[np.ndarray, float]] = {}
+        predictions: dict[int, tuple[np.ndarray, float, torch.Tensor]] = {}
         # Objects remembered on the same frames share one affinity matrix (usually all of them).
         entries = list(self.memory)
         for positions, group in _group_by_memory_entries(entries, object_ids).items():
@@ -223,17 +223,21 @@ class BuiltinTracker(MemoryTracker):
                 )
                 probabilities = torch.sigmoid(full)[:, 0].numpy()
                 presences = torch.sigmoid(decoded.presence_logits).tolist()
-            for obj, probability, presence in zip(group, probabilities, presences, strict=True):
-                predictions[obj] = (probability, presence)
+                # The predicted object on the key grid (stride 16), for re-identification.
+                cells = F.avg_pool2d(torch.sigmoid(decoded.mask_logits), 4)[:, 0] >= 0.5
+            for obj, probability, presence, cells16 in zip(
+                group, probabilities, presences, cells, strict=True
+            ):
+                predictions[obj] = (probability, presence, cells16)
         with self._stage("presence"):
             return {
                 obj: ObjectPrediction(
-                    p, self._presence(obj, p, learned, self._object_match(obj, query, p))
+                    p, self._presence(obj, p, learned, self._object_match(obj, query, cells))
                 )
-                for obj, (p, learned) in predictions.items()
+                for obj, (p, learned, cells) in predictions.items()
             }
 
-    def _object_match(self, obj: int, query: _QueryFrame, probability: np.ndarray) -> float | None:
+    def _object_match(self, obj: int, query: _QueryFrame, cells: torch.Tensor) -> float | None:
         """How much the predicted mask looks like the object in its prompted frames (see
         :func:`object_match_share`); None when the check is off or cannot tell."""
         if self.config.presence.min_object_match <= 0:
@@ -241,12 +245,10 @@ class BuiltinTracker(MemoryTracker):
         prompted = [m for m in self.memory.prompted if obj in m.values16]
         if not prompted:
             return None
-        height, width = query.key.shape[-2:]
-        cells = cv2.resize(probability, (width, height), interpolation=cv2.INTER_AREA) >= 0.5
         with torch.inference_mode():
             return object_match_share(
                 query.key[0],
-                torch.from_numpy(cells),
+                cells,
                 torch.cat([m.key16.flatten(1) for m in prompted], 1),
                 torch.cat([m.values16[obj][-1].flatten() for m in prompted]),
             )
