@@ -1,0 +1,96 @@
+"""Choose presence settings without val: the train sequences that ``train_tracker.py
+--hold-out`` leaves out (every fifth), tracked by weights trained without them, as they are
+and with the synthetic gaps of ``occlusion.py`` (an occluder over the object, or a cut to
+another sequence). This is how the re-identification check (``[presence] min_object_match``)
+was chosen and set.
+
+    python training/train_tracker.py --hold-out --output /tmp/hold_out.pt   # about 45 min
+    python benchmarks/presence_holdout.py --weights /tmp/hold_out.pt --settings 0,0.3
+
+Prints, per setting of ``min_object_match`` (0 = the check off): J&F on the clips as they are,
+and J&F, absent accuracy and re-acquired J on the clips with gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DAVIS, open_sequence, read_sequence_list  # noqa: E402
+from occlusion import occluded_clip, score  # noqa: E402
+
+
+def held_out(davis_root: Path) -> list[str]:
+    """The sequences ``train_tracker.py --hold-out`` trains without (same rule)."""
+    return [
+        name for i, name in enumerate(sorted(read_sequence_list(davis_root, "train"))) if i % 5 == 4
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, required=True, help="trained with --hold-out")
+    parser.add_argument("--settings", default="0,0.3", help="values of min_object_match")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
+    args = parser.parse_args(argv)
+    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
+    from vidseg.engines.builtin.network import TrackingNetwork
+    from vidseg.evaluation import evaluate_sequence, read_mask
+    from vidseg.session import TrackingSession
+
+    network = TrackingNetwork.pretrained(args.weights)
+    settings = [float(value) for value in args.settings.split(",")]
+    engines = {}
+    for setting in settings:
+        engines[setting] = BuiltinEngine(
+            BuiltinConfig.load(overrides={"presence": {"min_object_match": setting}})
+        )
+        engines[setting].network = network
+    train = sorted(read_sequence_list(args.data, "train"))
+    results: dict[float, dict[str, list]] = {s: {"plain": [], "gaps": []} for s in settings}
+    for number, sequence in enumerate(held_out(args.data)):
+        frames = list(open_sequence(args.data, sequence))
+        folder = args.data / "Annotations" / "480p" / sequence
+        masks = [read_mask(folder / f"{i:05d}.png") > 0 for i in range(len(frames))]
+        other = train[(train.index(sequence) + 1) % len(train)]
+        filler = list(open_sequence(args.data, other, max_frames=30))
+        for kind in ("plain", "occluder", "cut"):
+            if kind == "plain":
+                clip, truths, gap = frames, masks, None
+            else:
+                rng = np.random.default_rng(number * 2 + (kind == "cut"))
+                clip, truths, gap = occluded_clip(frames, masks, filler, kind, rng)
+            line = [f"{sequence} {kind}:"]
+            for setting, engine in engines.items():
+                session = TrackingSession(clip, engine=engine)
+                session.add_mask(0, 1, truths[0])
+                predictions = [result.masks[1] for result in session.propagate()]
+                if gap is None:
+                    jf = evaluate_sequence(predictions, list(truths)).jf
+                    results[setting]["plain"].append(jf)
+                    line.append(f"{setting:g}: {100 * jf:.1f}")
+                else:
+                    scores = score(predictions, list(truths), gap)
+                    results[setting]["gaps"].append(scores)
+                    line.append(f"{setting:g}: {100 * scores['J&F']:.1f}/{scores['absent']:.2f}")
+            print(" ".join(line), file=sys.stderr, flush=True)
+    print(
+        "| min_object_match | J&F as they are | J&F with gaps | absent accuracy | re-acquired J |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for setting, rows in results.items():
+        gaps = rows["gaps"]
+        print(
+            f"| {setting:g} | {100 * np.mean(rows['plain']):.1f} "
+            f"| {100 * np.mean([g['J&F'] for g in gaps]):.1f} "
+            f"| {100 * np.mean([g['absent'] for g in gaps]):.1f}% "
+            f"| {100 * np.mean([g['reacquired_j'] for g in gaps]):.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
