@@ -152,7 +152,8 @@ class OptimizedEncoder:
     def __call__(self, image: torch.Tensor) -> EncodedFrame:
         """``image``: (N, 3, H, W) float, normalised with :func:`normalize`."""
         with torch.inference_mode():
-            return EncodedFrame(*self._module(image))
+            # The frozen module keeps MKL-DNN's channels-last layout between layers.
+            return EncodedFrame(*self._module(image.contiguous(memory_format=torch.channels_last)))
 
 
 #: The pretrained encoder exported to ONNX (``training/export_encoder.py``), shipped with vidseg.

@@ -76,7 +76,7 @@ class MemoryTracker(ABC):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             image = normalize(torch.from_numpy(small).permute(2, 0, 1)[None])
         with self._stage("encoder"), torch.inference_mode():
-            return self.encoder(image.contiguous(memory_format=torch.channels_last))
+            return self.encoder(image)
 
     def remember(
         self,
@@ -123,13 +123,13 @@ class MemoryTracker(ABC):
         :func:`~vidseg.engines.builtin.memory_attention.object_match_share`, under
         ``min_object_match`` times its running mean: a ghost on something else)."""
         presence = self.config.presence
+        self._unsure.discard(obj)  # set again below if the check alone drops the object
         if score is None:
             score = float(probability.max())
         area = float((probability >= presence.threshold).sum())
         reference = self._reference_area.get(obj, 0.0)
         if reference > 0 and area < presence.min_area_ratio * reference:
             return min(score, 0.49)
-        self._unsure.discard(obj)
         if object_match is not None and reference > 0:
             # Relative to the object's own usual match: small or plain objects match less.
             usual = self._usual_match.get(obj, object_match)
