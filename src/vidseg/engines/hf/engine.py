@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidseg.engines.allocator import keep_freed_memory
 from vidseg.engines.base import ObjectPrediction
 from vidseg.engines.hf.models import (
     Checkpoint,
@@ -88,6 +89,7 @@ class HFEngine:
     ) -> None:
         import transformers
 
+        keep_freed_memory()  # large per-frame tensors are reused rather than page-faulted in
         self.model = model
         self.family = family
         self.preprocessing = preprocessing
