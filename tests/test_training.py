@@ -17,10 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import train_tracker  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def sequence() -> train_tracker.Sequence:
+def _encoded_sequence(name: str, width: int, height: int) -> train_tracker.Sequence:
     """A synthetic clip encoded like the feature cache does (original and mirrored)."""
-    video = render_synthetic_video(num_frames=8, width=192, height=128, seed=1)
+    video = render_synthetic_video(num_frames=8, width=width, height=height, seed=1)
     encoder = EfficientNetLite0Encoder.pretrained()
     frames = torch.from_numpy(np.stack(video.frames)).permute(0, 3, 1, 2)
     masks = torch.from_numpy(np.stack(video.labels) == 1).to(torch.uint8)
@@ -28,12 +27,17 @@ def sequence() -> train_tracker.Sequence:
     with torch.inference_mode():
         encoded = [encoder(normalize(images)) for images in both]
     return train_tracker.Sequence(
-        "synthetic",
+        name,
         stride4=torch.stack([e.stride4 for e in encoded]).half(),
         stride8=torch.stack([e.stride8 for e in encoded]).half(),
         stride16=torch.stack([e.stride16 for e in encoded]).half(),
         masks=torch.stack([masks, masks.flip(-1)]),
     )
+
+
+@pytest.fixture(scope="module")
+def sequence() -> train_tracker.Sequence:
+    return _encoded_sequence("synthetic", 192, 128)
 
 
 def test_sampled_clips_are_cropped_consistently_and_show_the_object(sequence) -> None:
@@ -44,6 +48,20 @@ def test_sampled_clips_are_cropped_consistently_and_show_the_object(sequence) ->
     assert batch.stride8.shape == (4, 3, 40, 12, 16)
     assert batch.stride4.shape == (4, 3, 24, 24, 32)
     assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
+
+
+def test_clips_mix_scales_but_take_distractors_and_occluders_from_their_own(sequence) -> None:
+    larger = _encoded_sequence("synthetic-larger", 288, 160)
+    assert train_tracker.same_scale([sequence, larger], larger) == [larger]
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        # Distractors in every clip, occluders often: windows from the other scale's frames
+        # would not line up with the crop.
+        batch = train_tracker.sample_batch(
+            [sequence, larger], rng, 8, 3, (6, 8), distractor_probability=1.0
+        )
+        assert batch.stride16.shape == (8, 3, 112, 6, 8)
+        assert batch.stride4.shape == (8, 3, 24, 24, 32)
 
 
 def test_a_few_steps_lower_the_loss_on_a_batch(sequence) -> None:

@@ -4,7 +4,8 @@ The encoder never trains, so its features for every train frame (and for the fra
 left-right, the one augmentation that needs the encoder) are computed once and kept on disk as
 float16: training then only runs the small learned network.
 
-    python training/feature_cache.py            # writes training/cache/<sequence>.pt
+    python training/feature_cache.py                  # writes training/cache/<sequence>-576.pt
+    python training/feature_cache.py --long-side 448  # the same at another scale
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def encode_sequence(
     return cached
 
 
-def build_cache(davis_root: Path = DAVIS_ROOT, cache_dir: Path = CACHE_DIR) -> list[Path]:
-    """Encode every train sequence not cached yet; return the cache files."""
+def build_cache(
+    davis_root: Path = DAVIS_ROOT, cache_dir: Path = CACHE_DIR, long_side: int | None = None
+) -> list[Path]:
+    """Encode every train sequence not cached yet, with the encoder's input scaled to
+    ``long_side`` (default: the engine's); return the cache files in train-list order."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    long_side = BuiltinConfig.load().encoder.long_side
+    long_side = long_side or BuiltinConfig.load().encoder.long_side
     encoder = EfficientNetLite0Encoder.pretrained()
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
@@ -75,6 +79,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument(
+        "--long-side", type=int, default=None, help="encoder input size (default: the engine's)"
+    )
     arguments = parser.parse_args()
     torch.manual_seed(0)
-    build_cache(arguments.davis_root, arguments.cache_dir)
+    build_cache(arguments.davis_root, arguments.cache_dir, arguments.long_side)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
 
+from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_half
 
 CLIP_FRAMES = 3
@@ -56,11 +57,20 @@ class Batch:
 
 
 def load_sequences(paths: list[Path]) -> list[Sequence]:
+    """The cached sequences, memory-mapped: the page cache holds them once however many
+    training processes read them (several scales of the cache are over 10 GB)."""
     sequences = []
     for path in paths:
-        cached = torch.load(path, weights_only=True)
+        cached = torch.load(path, weights_only=True, mmap=True)
         sequences.append(Sequence(path.stem, **cached))
     return sequences
+
+
+def same_scale(sequences: list[Sequence], sequence: Sequence) -> list[Sequence]:
+    """The sequences cached at the same frame size as ``sequence`` (the cache can hold several
+    scales): what a distractor or occluder may come from, so that its windows line up."""
+    size = sequence.masks.shape[-2:]
+    return [s for s in sequences if s.masks.shape[-2:] == size]
 
 
 def sample_batch(
@@ -105,12 +115,13 @@ def sample_batch(
             warp_clip(clip, rng, strength=1.0)
         elif warp_probability and rng.random() < warp_probability:
             warp_clip(clip, rng, strength=0.5)
+        peers = same_scale(sequences, sequence)
         if distractor_probability and rng.random() < distractor_probability:
-            paste_distractor(clip, sequences, rng, sequence.name)
+            paste_distractor(clip, peers, rng, sequence.name)
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
         for t in range(1, CLIP_FRAMES):
-            hide_object(clip, t, sequences, rng, mirror, (top, left), crop_cells)
+            hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells)
         for key, value in clip.items():
             parts[key].append(value)
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
@@ -187,6 +198,8 @@ def paste_distractor(
     frame included, where memory learns it as background); the truth loses what it covers. The
     distractor comes from another sequence than ``source_name``, the clip's own."""
     others = [s for s in sequences if s.name != source_name]
+    if not others:
+        return
     other = others[rng.integers(len(others))]
     step = int(rng.integers(1, 4))
     first = int(rng.integers(0, max(1, other.length - step * (CLIP_FRAMES - 1))))
@@ -369,11 +382,16 @@ def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
-    paths = build_cache(arguments.davis_root, arguments.cache_dir)
-    if arguments.hold_out:
-        # Every fifth train sequence left out: a held-out part of train on which inference
-        # settings can be chosen without looking at val.
-        paths = [p for i, p in enumerate(paths) if i % 5 != 4]
+    paths = []
+    for long_side in arguments.scales:
+        # Each scale is the encoder run on the frames resized: true scale augmentation, which
+        # warping cached features cannot give.
+        scale_paths = build_cache(arguments.davis_root, arguments.cache_dir, long_side)
+        if arguments.hold_out:
+            # Every fifth train sequence left out: a held-out part of train on which inference
+            # settings can be chosen without looking at val.
+            scale_paths = [p for i, p in enumerate(scale_paths) if i % 5 != 4]
+        paths += scale_paths
     sequences = load_sequences(paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     network = TrackingNetwork()
@@ -448,6 +466,12 @@ if __name__ == "__main__":
         type=float,
         default=0.0,
         help="chance that a real clip's frames get random affine warps (warp_clip)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=lambda text: [int(size) for size in text.split(",")],
+        default=[BuiltinConfig.load().encoder.long_side],
+        help="encoder input sizes (long side, px) to cache and train on, e.g. 448,576,704",
     )
     parser.add_argument(
         "--hold-out",
