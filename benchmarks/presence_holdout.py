@@ -5,10 +5,13 @@ another sequence). This is how the re-identification check (``[presence] min_obj
 was chosen and set.
 
     python training/train_tracker.py --hold-out --output /tmp/hold_out.pt   # about 45 min
-    python benchmarks/presence_holdout.py --weights /tmp/hold_out.pt --settings 0,0.3
+    python benchmarks/presence_holdout.py --weights /tmp/hold_out.pt --settings "0;0.3"
+    python benchmarks/presence_holdout.py --weights /tmp/a.pt,/tmp/b.pt \
+        --settings "min_object_match=0.3,match_max_area=0.7;min_object_match=0.3,match_max_area=1"
 
-Prints, per setting of ``min_object_match`` (0 = the check off): J&F on the clips as they are,
-and J&F, absent accuracy and re-acquired J on the clips with gaps.
+Prints, per weights and ``[presence]`` setting (a bare number is ``min_object_match``; 0 = the
+check off): J&F on the clips as they are, and J&F, absent accuracy and re-acquired J on the
+clips with gaps.
 """
 
 from __future__ import annotations
@@ -33,8 +36,15 @@ def held_out(davis_root: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, required=True, help="trained with --hold-out")
-    parser.add_argument("--settings", default="0,0.3", help="values of min_object_match")
+    parser.add_argument(
+        "--weights", required=True, help="weights trained with --hold-out (comma-separated)"
+    )
+    parser.add_argument(
+        "--settings",
+        default="0;0.3",
+        help="[presence] settings separated by ';', each a min_object_match value or "
+        "key=value pairs separated by ','",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
@@ -42,16 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     from vidseg.evaluation import evaluate_sequence, read_mask
     from vidseg.session import TrackingSession
 
-    network = TrackingNetwork.pretrained(args.weights)
-    settings = [float(value) for value in args.settings.split(",")]
     engines = {}
-    for setting in settings:
-        engines[setting] = BuiltinEngine(
-            BuiltinConfig.load(overrides={"presence": {"min_object_match": setting}})
-        )
-        engines[setting].network = network
+    for weights in args.weights.split(","):
+        network = TrackingNetwork.pretrained(weights)
+        for setting in args.settings.split(";"):
+            engine = BuiltinEngine(BuiltinConfig.load(overrides={"presence": presence(setting)}))
+            engine.network = network
+            label = setting if "," not in args.weights else f"{Path(weights).stem} {setting}"
+            engines[label] = engine
     train = sorted(read_sequence_list(args.data, "train"))
-    results: dict[float, dict[str, list]] = {s: {"plain": [], "gaps": []} for s in settings}
+    results: dict[str, dict[str, list]] = {label: {"plain": [], "gaps": []} for label in engines}
     for number, sequence in enumerate(held_out(args.data)):
         frames = list(open_sequence(args.data, sequence))
         folder = args.data / "Annotations" / "480p" / sequence
@@ -72,24 +82,34 @@ def main(argv: list[str] | None = None) -> None:
                 if gap is None:
                     jf = evaluate_sequence(predictions, list(truths)).jf
                     results[setting]["plain"].append(jf)
-                    line.append(f"{setting:g}: {100 * jf:.1f}")
+                    line.append(f"{setting}: {100 * jf:.1f}")
                 else:
                     scores = score(predictions, list(truths), gap)
                     results[setting]["gaps"].append(scores)
-                    line.append(f"{setting:g}: {100 * scores['J&F']:.1f}/{scores['absent']:.2f}")
+                    line.append(f"{setting}: {100 * scores['J&F']:.1f}/{scores['absent']:.2f}")
             print(" ".join(line), file=sys.stderr, flush=True)
-    print(
-        "| min_object_match | J&F as they are | J&F with gaps | absent accuracy | re-acquired J |"
-    )
+    print("| setting | J&F as they are | J&F with gaps | absent accuracy | re-acquired J |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for setting, rows in results.items():
         gaps = rows["gaps"]
         print(
-            f"| {setting:g} | {100 * np.mean(rows['plain']):.1f} "
+            f"| {setting} | {100 * np.mean(rows['plain']):.1f} "
             f"| {100 * np.mean([g['J&F'] for g in gaps]):.1f} "
             f"| {100 * np.mean([g['absent'] for g in gaps]):.1f}% "
             f"| {100 * np.mean([g['reacquired_j'] for g in gaps]):.1f} |"
         )
+
+
+def presence(setting: str) -> dict[str, float]:
+    """``[presence]`` overrides from ``0.3`` (min_object_match) or ``key=value,key=value``.
+
+    >>> presence("0.3"), presence("min_object_match=0.3,match_max_area=1")
+    ({'min_object_match': 0.3}, {'min_object_match': 0.3, 'match_max_area': 1.0})
+    """
+    if "=" not in setting:
+        return {"min_object_match": float(setting)}
+    pairs = (item.split("=") for item in setting.split(","))
+    return {key.strip(): float(value) for key, value in pairs}
 
 
 if __name__ == "__main__":
