@@ -147,6 +147,25 @@ def test_a_mask_unlike_the_object_is_judged_a_ghost_relative_to_its_usual_match(
     assert tracker._presence(1, small, 0.95, object_match=None) == 0.95  # cannot tell
 
 
+def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None:
+    """A ghost as large as the object is kept (the check cannot tell it from the object when
+    it is that large), but its poor match must not become what is usual for the object: the
+    next smaller ghost is still caught."""
+    from vidseg.io import VideoInfo
+
+    tracker = BuiltinEngine().new_tracker(VideoInfo(width=64, height=48, num_frames=9, fps=24))
+    tracker._reference_area[1] = 400.0
+    full = np.zeros((48, 64), np.float32)
+    full[10:30, 10:30] = 0.9  # 400 pixels, as prompted
+    small = np.zeros_like(full)
+    small[10:20, 10:20] = 0.9
+    for _ in range(5):
+        assert tracker._presence(1, full, 0.95, object_match=0.8) == 0.95
+    for _ in range(20):  # a large ghost, just above the threshold (0.3 x 0.8)
+        assert tracker._presence(1, full, 0.95, object_match=0.25) == 0.95
+    assert tracker._presence(1, small, 0.95, object_match=0.2) < 0.5
+
+
 def test_box_and_click_prompts_select_the_object(engine, video) -> None:
     for k in video.object_ids:
         truth = video.labels[0] == k

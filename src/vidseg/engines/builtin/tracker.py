@@ -54,7 +54,8 @@ class MemoryTracker(ABC):
         self.input_size = encoder_input_size(info.height, info.width, config.encoder.long_side)
         self.memory = MemoryBank(config.memory.recent_frames)
         self._reference_area: dict[int, float] = {}
-        # Each object's usual object_match on frames where it was present (running mean).
+        # Each object's usual object_match (running mean over the frames where it clearly
+        # matched; see _presence).
         self._usual_match: dict[int, float] = {}
         # Objects judged absent on the last frame by the re-identification check alone.
         self._unsure: set[int] = set()
@@ -133,14 +134,17 @@ class MemoryTracker(ABC):
         if object_match is not None and reference > 0:
             # Relative to the object's own usual match: small or plain objects match less.
             usual = self._usual_match.get(obj, object_match)
-            if (
-                object_match < presence.min_object_match * usual
-                and area < presence.match_max_area * reference
-            ):
+            unlike = object_match < presence.min_object_match * usual
+            if unlike and area < presence.match_max_area * reference:
                 if score >= 0.5:
                     self._unsure.add(obj)
                 return min(score, 0.49)
-            if score >= 0.5:
+            # Only a clear match teaches what the object usually matches (above the midpoint
+            # between the threshold and the mean): a ghost kept for its size alone, matching
+            # just above the threshold, would otherwise drag the mean down frame by frame
+            # until it passed as the object.
+            like = object_match >= (1 + presence.min_object_match) / 2 * usual
+            if score >= 0.5 and like:
                 self._usual_match[obj] = 0.9 * usual + 0.1 * object_match
         return score
 
