@@ -14,6 +14,10 @@ J&F before and after the correction.
 
     python benchmarks/clicks.py                  # writes the "clicks" section of docs/BENCHMARKS.md
     python benchmarks/clicks.py --sequences blackswan --max-clicks 5 --no-write
+    # choosing a prompt-decoder recipe on the train sequences that --hold-out leaves out:
+    python benchmarks/clicks.py --split train --frames 5 --engines vidseg --no-video \
+        --sequences bus,elephant,kite-walk,motorbike,soccerball,train \
+        --prompt-weights a.pt,b.pt --no-write
 """
 
 from __future__ import annotations
@@ -146,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-video", action="store_true", help="skip the corrections-in-video part"
     )
+    parser.add_argument(
+        "--frames", type=int, default=1, help="evenly spaced frames per sequence (1: the first)"
+    )
+    parser.add_argument(
+        "--prompt-weights",
+        help="also run the learned prompt decoder with these weights (comma-separated files)",
+    )
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import read_mask
@@ -155,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     inputs = []
     for sequence in sequences:
-        frame = open_sequence(args.data, sequence, max_frames=1)[0]
-        truth = read_mask(args.data / "Annotations" / "480p" / sequence / "00000.png") > 0
-        inputs.append((sequence, frame, truth))
+        frames = open_sequence(args.data, sequence)
+        for index in np.linspace(0, len(frames) - 1, args.frames).round().astype(int):
+            truth = read_mask(args.data / "Annotations" / "480p" / sequence / f"{index:05d}.png")
+            name = sequence if args.frames == 1 else f"{sequence}/{index}"
+            inputs.append((name, frames[index], truth > 0))
     cap = args.max_clicks
     summary, rows = [], {}
+    engines = {}
     for key in args.engines.split(","):
         name, overrides = ENGINES[key]
-        engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+        engines[key] = (name, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
+    for path in args.prompt_weights.split(",") if args.prompt_weights else []:
+        from vidseg.engines.builtin.prompt_decoder import PromptDecoder
+
+        engine = BuiltinEngine(BuiltinConfig.load(overrides=ENGINES["vidseg-learned"][1]))
+        engine._prompt_decoder = PromptDecoder.pretrained(path)
+        engines[path] = (f"vidseg, learned prompt decoder {path}", engine)
+    for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:
             curve, seconds = click_curve(engine, frame, truth, cap)

@@ -130,7 +130,7 @@ def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
     before = {name: tensor.clone() for name, tensor in clip.items()}
     pasted = False
     for _ in range(5):  # a paste may land mostly outside the crop: try a few
-        train_tracker.paste_distractor(clip, [sequence, other], rng, sequence.name)
+        pasted_mask = train_tracker.paste_distractor(clip, [sequence, other], rng, sequence.name)
         covered16 = (clip["stride16"] == marker).all(1)  # (T, h, w)
         pasted = bool(covered16.any())
         if pasted:
@@ -140,6 +140,9 @@ def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
     # Where the distractor covers a stride-16 cell, the target's truth is gone there.
     covered_pixels = covered16.repeat_interleave(16, 1).repeat_interleave(16, 2)
     assert clip["masks"][:, 0][covered_pixels].sum() == 0
+    # The distractor's own mask is returned (a square aligned with the cells: exactly them).
+    assert pasted_mask is not None and pasted_mask.shape == clip["masks"].shape
+    assert torch.equal(pasted_mask[:, 0] > 0, covered_pixels)
     # Same place at every stride: the stride-4 cover, pooled to 16, is the stride-16 cover.
     covered4 = (clip["stride4"] == marker).all(1).float()
     assert torch.equal(torch.nn.functional.max_pool2d(covered4, 4) > 0, covered16)
@@ -174,3 +177,34 @@ def test_static_and_warped_clips_are_sampled_with_the_object_shown(sequence) -> 
     assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
     # One frame three times, each warped its own way: the masks differ between frames.
     assert all(not torch.equal(clip[0], clip[1]) for clip in batch.masks)
+
+
+def test_prompt_samples_with_two_objects_target_either_one(sequence) -> None:
+    """Prompt-decoder training with a pasted second object: the target is sometimes the pasted
+    object (where its features are) and otherwise the frame's own, never both."""
+    import train_prompts
+
+    marker = 7.0
+    other = train_tracker.Sequence(
+        "other",
+        stride4=torch.full_like(sequence.stride4, marker),
+        stride8=torch.full_like(sequence.stride8, marker),
+        stride16=torch.full_like(sequence.stride16, marker),
+        masks=torch.zeros_like(sequence.masks),
+    )
+    other.masks[:, :, 32:96, 48:112] = 1
+    own = sequence.masks[0, 0].numpy() > 0
+    rng = np.random.default_rng(0)
+    targets = set()
+    for _ in range(30):
+        features = {s: getattr(sequence, f"stride{s}")[0, 0].float() for s in (4, 8, 16)}
+        target, features = train_prompts.two_objects(
+            [sequence, other], sequence, rng, own, features
+        )
+        pasted16 = (features[16] == marker).all(0).numpy()
+        pasted = pasted16.repeat(16, 0).repeat(16, 1)
+        if target[pasted].all() and target.sum() == pasted.sum():
+            targets.add("pasted")
+        elif not target[pasted].any() and (target <= own).all() and target.any():
+            targets.add("own")
+    assert targets == {"pasted", "own"}

@@ -9,6 +9,11 @@ one of three kinds, as an annotator gives them:
   as the current mask, plus a click in the middle of its largest error region, as the
   simulated-click protocol of the benchmark does.
 
+With ``--paste-probability``, another sequence's object is pasted into the frame (in feature
+space, as the tracker's distractors are) and is the target half the time: with two objects in
+view, only the prompt tells which one is meant, so the decoder must follow it rather than pick
+the frame's most salient object.
+
     python training/train_prompts.py     # about 10 minutes on 2 CPU cores, writes the weights
 """
 
@@ -21,7 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from feature_cache import build_cache
-from train_tracker import fit, load_sequences, segmentation_loss, training_arguments
+from train_tracker import (
+    fit,
+    load_sequences,
+    paste_distractor,
+    same_scale,
+    segmentation_loss,
+    training_arguments,
+)
 
 from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
@@ -91,7 +103,9 @@ def simulate_prompt(mask: np.ndarray, rng: np.random.Generator):
     return positive, negative, box, current
 
 
-def sample_batch(sequences, rng, batch_size: int, crop_cells=(16, 28)):
+def sample_batch(
+    sequences, rng, batch_size: int, crop_cells=(16, 28), paste_probability: float = 0.0
+):
     parts = {
         "stride4": [],
         "stride8": [],
@@ -126,6 +140,10 @@ def sample_batch(sequences, rng, batch_size: int, crop_cells=(16, 28)):
                 top * scale : (top + crop_cells[0]) * scale,
                 left * scale : (left + crop_cells[1]) * scale,
             ].float()
+        if paste_probability and rng.random() < paste_probability:
+            mask, features = two_objects(sequences, sequence, rng, mask, features)
+            if mask.sum() < 256:
+                continue
         positive, negative, box, current = simulate_prompt(mask, rng)
         size4 = (mask.shape[0] // 4, mask.shape[1] // 4)
         current4 = None
@@ -147,16 +165,35 @@ def sample_batch(sequences, rng, batch_size: int, crop_cells=(16, 28)):
     return {key: torch.stack(value) for key, value in parts.items()}
 
 
+def two_objects(sequences, sequence, rng, mask: np.ndarray, features: dict[int, torch.Tensor]):
+    """Paste another sequence's object into the frame (see ``paste_distractor``) and choose
+    the target: the pasted object half the time (when it shows), else the frame's own object,
+    less what the pasted one covers. Returns the target mask and the features."""
+    clip = {f"stride{stride}": features[stride][None] for stride in (4, 8, 16)}
+    clip["masks"] = torch.from_numpy(mask).float()[None, None]
+    pasted = paste_distractor(clip, same_scale(sequences, sequence), rng, sequence.name)
+    target = clip["masks"]
+    if pasted is not None and pasted.sum() >= 256 and rng.random() < 0.5:
+        target = pasted
+    features = {stride: clip[f"stride{stride}"][0] for stride in (4, 8, 16)}
+    return target[0, 0].numpy() > 0, features
+
+
 def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
-    sequences = load_sequences(build_cache(arguments.davis_root, arguments.cache_dir))
+    paths = build_cache(arguments.davis_root, arguments.cache_dir)
+    if arguments.hold_out:  # the same sequences as train_tracker.py --hold-out leaves out
+        paths = [p for i, p in enumerate(paths) if i % 5 != 4]
+    sequences = load_sequences(paths)
     decoder = PromptDecoder()
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
         hard_fraction = 1.0 - 0.85 * min(1.0, step / (0.3 * arguments.steps))
-        batch = sample_batch(sequences, rng, arguments.batch_size)
+        batch = sample_batch(
+            sequences, rng, arguments.batch_size, paste_probability=arguments.paste_probability
+        )
         logits = decoder(
             batch["stride16"],
             batch["stride8"],
@@ -174,4 +211,15 @@ def train(arguments: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = training_arguments(__doc__.split("\n\n")[0], PROMPT_WEIGHTS_PATH, 2500)
+    parser.add_argument(
+        "--paste-probability",
+        type=float,
+        default=0.0,
+        help="chance that a sample gets a second object pasted in, the target half the time",
+    )
+    parser.add_argument(
+        "--hold-out",
+        action="store_true",
+        help="leave every fifth train sequence out, as train_tracker.py --hold-out does",
+    )
     train(parser.parse_args())

@@ -192,23 +192,26 @@ def paste_distractor(
     sequences: list[Sequence],
     rng: np.random.Generator,
     source_name: str,
-) -> None:
+) -> torch.Tensor | None:
     """Teach the read-out to tell objects apart: another sequence's object, cut out along its
     mask in every feature map, moves through the clip in front of the target (the prompted
     frame included, where memory learns it as background); the truth loses what it covers. The
-    distractor comes from another sequence than ``source_name``, the clip's own."""
+    distractor comes from another sequence than ``source_name``, the clip's own. Returns the
+    distractor's own mask in the clip, shaped like ``clip["masks"]``, or None if none landed
+    (the prompt decoder's training makes it the target half the time)."""
     others = [s for s in sequences if s.name != source_name]
     if not others:
-        return
+        return None
     other = others[rng.integers(len(others))]
+    length = clip["masks"].shape[0]
     step = int(rng.integers(1, 4))
-    first = int(rng.integers(0, max(1, other.length - step * (CLIP_FRAMES - 1))))
-    frames = np.minimum(first + step * np.arange(CLIP_FRAMES), other.length - 1)
+    first = int(rng.integers(0, max(1, other.length - step * (length - 1))))
+    frames = np.minimum(first + step * np.arange(length), other.length - 1)
     mirror = int(rng.integers(2))
     object_masks = other.masks[mirror, frames]  # (T, H, W)
     cells = F.max_pool2d(object_masks[:, None].float(), 16).amax(0)[0] > 0
     if not cells.any():
-        return
+        return None
     rows, cols = torch.nonzero(cells, as_tuple=True)
     y1, y2, x1, x2 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
     crop_high, crop_wide = clip["stride16"].shape[-2:]
@@ -220,7 +223,7 @@ def paste_distractor(
     dy1, dx1 = max(0, top), max(0, left)
     dy2, dx2 = min(crop_high, top + height), min(crop_wide, left + width)
     if dy2 <= dy1 or dx2 <= dx1:
-        return
+        return None
     sy1, sx1 = y1 + dy1 - top, x1 + dx1 - left
     rows_full = slice(sy1 * 16, (sy1 + dy2 - dy1) * 16)
     cols_full = slice(sx1 * 16, (sx1 + dx2 - dx1) * 16)
@@ -241,6 +244,9 @@ def paste_distractor(
             ].float()
         window = clip[name][..., dy1 * scale : dy2 * scale, dx1 * scale : dx2 * scale]
         window.copy_(torch.where(cover, source, window))
+    pasted = torch.zeros_like(clip["masks"])
+    pasted[..., dy1 * 16 : dy2 * 16, dx1 * 16 : dx2 * 16] = (cover_full > 0).to(pasted.dtype)
+    return pasted
 
 
 def hide_object(
