@@ -14,6 +14,7 @@ the method, so that the harness runs whatever else is missing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -106,12 +107,16 @@ def _as_frame_source(frames: Sequence[np.ndarray]):
 
 
 def _track_with_vidseg(
-    frames: Sequence[np.ndarray], first_mask: np.ndarray, overrides: dict | None = None
+    frames: Sequence[np.ndarray],
+    first_mask: np.ndarray,
+    overrides: dict | None = None,
+    engine=None,
 ) -> Iterator[np.ndarray]:
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.session import TrackingSession
 
-    engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides)) if overrides else None
+    if engine is None and overrides:
+        engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
     session = TrackingSession(_as_frame_source(frames), engine=engine)
     session.add_mask(0, 1, first_mask)
     for result in session.propagate(0, direction="forward"):
@@ -145,6 +150,26 @@ def vidseg_no_reid_method(
 ) -> Iterator[np.ndarray]:
     """The built-in engine without the re-identification check on presence (as in 0.3.0)."""
     yield from _track_with_vidseg(frames, first_mask, {"presence": {"min_object_match": 0.0}})
+
+
+def vidseg_untuned_allocator_method(
+    frames: Sequence[np.ndarray], first_mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """The built-in engine with glibc's allocator left as it is (``VIDSEG_MALLOC_TUNING=0``):
+    what :mod:`vidseg.engines.allocator` gains, side by side. Only meaningful in a process
+    where no engine has tuned it yet, as in ``davis.py``, which runs each method in its own."""
+    from vidseg.engines.builtin import BuiltinEngine
+
+    previous = os.environ.get("VIDSEG_MALLOC_TUNING")
+    os.environ["VIDSEG_MALLOC_TUNING"] = "0"
+    try:
+        engine = BuiltinEngine()
+    finally:
+        if previous is None:
+            del os.environ["VIDSEG_MALLOC_TUNING"]
+        else:
+            os.environ["VIDSEG_MALLOC_TUNING"] = previous
+    yield from _track_with_vidseg(frames, first_mask, engine=engine)
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,13 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg_no_reid",
             vidseg_no_reid_method,
             "vidseg built-in engine without the re-identification check (as in 0.3.0)",
+            vidseg_engine_unavailable,
+        ),
+        MethodSpec(
+            "vidseg-untuned-allocator",
+            "vidseg_untuned_allocator",
+            vidseg_untuned_allocator_method,
+            "vidseg built-in engine with glibc's allocator untuned (as in 0.4.0)",
             vidseg_engine_unavailable,
         ),
     )
