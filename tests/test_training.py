@@ -112,11 +112,9 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence, monkey
     assert not (clip["stride16"][0] == 0).all(0).any()  # the prompted frame is untouched
 
 
-def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
-    """Distractor training: another sequence's object is cut out along its mask and pasted in
-    front of the target; the truth only loses pixels, and where the distractor lies the
-    features are the distractor's."""
-    marker = 7.0  # the distractor's features are a constant no real feature map has
+def _square_object(sequence: train_tracker.Sequence, marker: float) -> train_tracker.Sequence:
+    """Another sequence whose features are all ``marker`` (a value no real feature map has) and
+    whose object is a 64x64 square, 4x4 stride-16 cells."""
     other = train_tracker.Sequence(
         "other",
         stride4=torch.full_like(sequence.stride4, marker),
@@ -124,7 +122,16 @@ def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
         stride16=torch.full_like(sequence.stride16, marker),
         masks=torch.zeros_like(sequence.masks),
     )
-    other.masks[:, :, 32:96, 48:112] = 1  # a 64x64 object, 4x4 stride-16 cells
+    other.masks[:, :, 32:96, 48:112] = 1
+    return other
+
+
+def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
+    """Distractor training: another sequence's object is cut out along its mask and pasted in
+    front of the target; the truth only loses pixels, and where the distractor lies the
+    features are the distractor's."""
+    marker = 7.0  # the distractor's features are a constant no real feature map has
+    other = _square_object(sequence, marker)
     rng = np.random.default_rng(3)
     clip = train_tracker.crop_clip(sequence, 0, np.array([0, 2, 4]), (0, 0), (8, 12))
     before = {name: tensor.clone() for name, tensor in clip.items()}
@@ -185,14 +192,7 @@ def test_prompt_samples_with_two_objects_target_either_one(sequence) -> None:
     import train_prompts
 
     marker = 7.0
-    other = train_tracker.Sequence(
-        "other",
-        stride4=torch.full_like(sequence.stride4, marker),
-        stride8=torch.full_like(sequence.stride8, marker),
-        stride16=torch.full_like(sequence.stride16, marker),
-        masks=torch.zeros_like(sequence.masks),
-    )
-    other.masks[:, :, 32:96, 48:112] = 1
+    other = _square_object(sequence, marker)
     own = sequence.masks[0, 0].numpy() > 0
     rng = np.random.default_rng(0)
     targets = set()
