@@ -246,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             command.strip(),
             "```",
             "",
-            f"{len(sequences)} first frames at 854x480. Each click goes to the interior of the "
+            (
+                f"{len(sequences)} first frames"
+                if args.frames == 1
+                else f"{len(inputs)} frames ({args.frames} per sequence)"
+            )
+            + " at 854x480. Each click goes to the interior of the "
             "larger error region (positive on a missed part, negative on a wrong one), through "
             "`TrackingSession.add_points`. NoC@k: clicks to reach IoU k% (capped at "
             f"{cap}); mIoU@n: mean IoU after n clicks. Machine: {machine}.",
