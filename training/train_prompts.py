@@ -33,6 +33,7 @@ from train_tracker import (
     same_scale,
     segmentation_loss,
     training_arguments,
+    without_held_out,
 )
 
 from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
@@ -184,9 +185,7 @@ def train(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
     paths = build_cache(arguments.davis_root, arguments.cache_dir)
-    if arguments.hold_out:  # the same sequences as train_tracker.py --hold-out leaves out
-        paths = [p for i, p in enumerate(paths) if i % 5 != 4]
-    sequences = load_sequences(paths)
+    sequences = load_sequences(without_held_out(paths) if arguments.hold_out else paths)
     decoder = PromptDecoder()
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:

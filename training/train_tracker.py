@@ -66,6 +66,13 @@ def load_sequences(paths: list[Path]) -> list[Sequence]:
     return sequences
 
 
+def without_held_out(paths: list[Path]) -> list[Path]:
+    """Every fifth train sequence left out (``paths`` in train-list order): a held-out part of
+    train on which settings and recipes can be chosen without looking at val
+    (``benchmarks/presence_holdout.py`` tracks the ones left out)."""
+    return [path for i, path in enumerate(paths) if i % 5 != 4]
+
+
 def same_scale(sequences: list[Sequence], sequence: Sequence) -> list[Sequence]:
     """The sequences cached at the same frame size as ``sequence`` (the cache can hold several
     scales): what a distractor or occluder may come from, so that its windows line up."""
@@ -393,11 +400,7 @@ def train(arguments: argparse.Namespace) -> None:
         # Each scale is the encoder run on the frames resized: true scale augmentation, which
         # warping cached features cannot give.
         scale_paths = build_cache(arguments.davis_root, arguments.cache_dir, long_side)
-        if arguments.hold_out:
-            # Every fifth train sequence left out: a held-out part of train on which inference
-            # settings can be chosen without looking at val.
-            scale_paths = [p for i, p in enumerate(scale_paths) if i % 5 != 4]
-        paths += scale_paths
+        paths += without_held_out(scale_paths) if arguments.hold_out else scale_paths
     sequences = load_sequences(paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     network = TrackingNetwork()
