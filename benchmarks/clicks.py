@@ -77,6 +77,7 @@ def click_curve(
     engine, frame: np.ndarray, truth: np.ndarray, max_clicks: int
 ) -> tuple[list[float], float]:
     """IoU after each of ``max_clicks`` simulated clicks, and seconds per click."""
+    from vidseg.errors import PromptError
     from vidseg.session import TrackingSession
 
     session = TrackingSession(frame[None], engine=engine)
@@ -87,10 +88,13 @@ def click_curve(
         (x, y), label = next_click(prediction, truth)
         if label == 0 and not prediction.any():
             break  # nothing left to correct
-        prediction = session.add_points(0, 1, [[x, y]], [label])
+        try:
+            prediction = session.add_points(0, 1, [[x, y]], [label])
+        except PromptError:
+            break  # the click would empty the mask, which the session refuses
         curve.append(iou(prediction, truth))
     seconds = (time.perf_counter() - start) / max(len(curve), 1)
-    curve += [curve[-1]] * (max_clicks - len(curve))
+    curve += [curve[-1] if curve else 0.0] * (max_clicks - len(curve))
     return curve, seconds
 
 
@@ -178,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         name, overrides = ENGINES[key]
         engines[key] = (name, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
     for path in args.prompt_weights.split(",") if args.prompt_weights else []:
-        from vidseg.engines.builtin.prompt_decoder import PromptDecoder
-
-        engine = BuiltinEngine(BuiltinConfig.load(overrides=ENGINES["vidseg-learned"][1]))
-        engine._prompt_decoder = PromptDecoder.pretrained(path)
-        engines[path] = (f"vidseg, learned prompt decoder {path}", engine)
+        overrides = {"prompts": {"decoder": "learned", "weights": path}}
+        engines[path] = (
+            f"vidseg, learned prompt decoder {path}",
+            BuiltinEngine(BuiltinConfig.load(overrides=overrides)),
+        )
     for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:

@@ -198,6 +198,23 @@ def test_config_overrides_and_unknown_settings() -> None:
         BuiltinConfig.load(overrides={"readout": {"topk": 3}})
     with pytest.raises(ValueError, match="'learned' or 'matching'"):
         BuiltinConfig.load(overrides={"tracker": {"kind": "magic"}})
+    with pytest.raises(ValueError, match="no file 'missing.pt'"):
+        BuiltinConfig.load(overrides={"prompts": {"weights": "missing.pt"}})
+
+
+def test_prompt_decoder_weights_can_be_chosen_in_the_config(tmp_path) -> None:
+    """``[prompts] weights`` loads another recipe's decoder (how benchmarks compare them)."""
+    from vidseg.engines.builtin.network import save_half
+    from vidseg.engines.builtin.prompt_decoder import PromptDecoder
+
+    fresh = PromptDecoder()
+    save_half(fresh, tmp_path / "fresh.pt")
+    overrides = {"prompts": {"decoder": "learned", "weights": str(tmp_path / "fresh.pt")}}
+    chosen = BuiltinEngine(BuiltinConfig.load(overrides=overrides)).prompt_decoder
+    shipped = PromptDecoder.pretrained()
+    name = "logit.weight"
+    assert torch.equal(chosen.state_dict()[name], fresh.state_dict()[name].half().float())
+    assert not torch.equal(chosen.state_dict()[name], shipped.state_dict()[name])
 
 
 def test_shipped_weights_are_small_and_load() -> None:

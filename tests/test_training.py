@@ -208,3 +208,33 @@ def test_prompt_samples_with_two_objects_target_either_one(sequence) -> None:
         elif not target[pasted].any() and (target <= own).all() and target.any():
             targets.add("own")
     assert targets == {"pasted", "own"}
+
+
+def test_iterative_training_clicks_on_the_decoders_own_errors(sequence) -> None:
+    """RITM-style rounds: each adds one click where the current prediction is wrong (positive
+    on a missed part, negative on a wrong one) and makes the prediction the current mask."""
+    import train_prompts
+
+    truth = sequence.masks[0, 0].numpy() > 0
+    empty = train_prompts.Example({}, truth, np.zeros((0, 2)), np.zeros((0, 2)), None, None)
+    rng = np.random.default_rng(0)
+    empty.add_click(np.zeros_like(truth), rng)
+    x, y = empty.positive[0].astype(int)
+    assert len(empty.positive) == 1 and len(empty.negative) == 0 and truth[y, x]
+
+    too_much = np.ones_like(truth)  # everything predicted: the error is all background
+    empty.add_click(too_much, rng)
+    x, y = empty.negative[0].astype(int)
+    assert len(empty.negative) == 1 and not truth[y, x]
+    assert empty.current is too_much
+
+    # Through the decoder: every example gets one more click per round.
+    features = {s: getattr(sequence, f"stride{s}")[0, 0].float() for s in (4, 8, 16)}
+    examples = [
+        train_prompts.Example(features, truth, empty.positive[:1], np.zeros((0, 2)), None, None)
+        for _ in range(2)
+    ]
+    train_prompts.click_on_own_errors(train_prompts.PromptDecoder(), examples, rng, clicks=3)
+    for example in examples:
+        assert len(example.positive) + len(example.negative) == 4
+        assert example.current is not None and example.current.shape == truth.shape

@@ -104,18 +104,35 @@ def simulate_prompt(mask: np.ndarray, rng: np.random.Generator):
     return positive, negative, box, current
 
 
-def sample_batch(
+class Example:
+    """One training sample: a cropped frame's features, the target mask and its prompt."""
+
+    def __init__(self, features, mask, positive, negative, box, current) -> None:
+        self.features, self.mask = features, mask
+        self.positive, self.negative, self.box, self.current = positive, negative, box, current
+
+    def add_click(self, prediction: np.ndarray, rng: np.random.Generator) -> None:
+        """The benchmark's next click, from this prediction's errors: inside the larger error
+        region (near its interior point), positive on a missed part, negative on a wrong one.
+        The prediction becomes the current mask, as in the session."""
+        missed = interior_distance(self.mask & ~prediction)
+        extra = interior_distance(prediction & ~self.mask)
+        if missed.max() >= extra.max() and missed.max() > 0:
+            self.positive = np.concatenate(
+                [self.positive, pick(rng, missed >= 0.9 * missed.max(), 1)]
+            )
+        elif extra.max() > 0:
+            self.negative = np.concatenate(
+                [self.negative, pick(rng, extra >= 0.9 * extra.max(), 1)]
+            )
+        self.current = prediction
+
+
+def sample_examples(
     sequences, rng, batch_size: int, crop_cells=(16, 28), paste_probability: float = 0.0
-):
-    parts = {
-        "stride4": [],
-        "stride8": [],
-        "stride16": [],
-        "maps": [],
-        "similarity": [],
-        "masks": [],
-    }
-    while len(parts["masks"]) < batch_size:
+) -> list[Example]:
+    examples: list[Example] = []
+    while len(examples) < batch_size:
         sequence = sequences[rng.integers(len(sequences))]
         frame, mirror = int(rng.integers(sequence.length)), int(rng.integers(2))
         top = int(rng.integers(0, sequence.stride16.shape[-2] - crop_cells[0] + 1))
@@ -145,25 +162,62 @@ def sample_batch(
             mask, features = two_objects(sequences, sequence, rng, mask, features)
             if mask.sum() < 256:
                 continue
-        positive, negative, box, current = simulate_prompt(mask, rng)
-        size4 = (mask.shape[0] // 4, mask.shape[1] // 4)
+        examples.append(Example(features, mask, *simulate_prompt(mask, rng)))
+    return examples
+
+
+def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """The decoder's inputs for a batch of examples, with their prompts drawn as the engine
+    draws them (clicks and box at stride 4, the current mask area-averaged to stride 4)."""
+    parts: dict[str, list[torch.Tensor]] = {
+        key: [] for key in ("stride4", "stride8", "stride16", "maps", "similarity", "masks")
+    }
+    for example in examples:
+        size4 = (example.mask.shape[0] // 4, example.mask.shape[1] // 4)
         current4 = None
-        if current is not None:
+        if example.current is not None:
             current4 = cv2.resize(
-                current.astype(np.float32), size4[::-1], interpolation=cv2.INTER_AREA
+                example.current.astype(np.float32), size4[::-1], interpolation=cv2.INTER_AREA
             )
+        box4 = None if example.box is None else example.box / 4
         parts["maps"].append(
-            prompt_maps(
-                size4, positive / 4, negative / 4, None if box is None else box / 4, current4
-            )
+            prompt_maps(size4, example.positive / 4, example.negative / 4, box4, current4)
         )
         parts["similarity"].append(
-            click_similarity(features[16][None], positive / 16, negative / 16)
+            click_similarity(
+                example.features[16][None], example.positive / 16, example.negative / 16
+            )
         )
         for stride in (4, 8, 16):
-            parts[f"stride{stride}"].append(features[stride])
-        parts["masks"].append(torch.from_numpy(mask).float()[None])
+            parts[f"stride{stride}"].append(example.features[stride])
+        parts["masks"].append(torch.from_numpy(example.mask).float()[None])
     return {key: torch.stack(value) for key, value in parts.items()}
+
+
+def sample_batch(
+    sequences, rng, batch_size: int, crop_cells=(16, 28), paste_probability: float = 0.0
+) -> dict[str, torch.Tensor]:
+    return collate(sample_examples(sequences, rng, batch_size, crop_cells, paste_probability))
+
+
+def decode(decoder: PromptDecoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return decoder(
+        batch["stride16"], batch["stride8"], batch["stride4"], batch["maps"], batch["similarity"]
+    )
+
+
+def click_on_own_errors(
+    decoder: PromptDecoder, examples: list[Example], rng: np.random.Generator, clicks: int
+) -> None:
+    """RITM's iterative training: ``clicks`` rounds of predicting (without gradients) and
+    adding the next simulated click from the prediction's own errors, so that the decoder
+    learns to correct the masks it actually makes, from the prompts the benchmark gives."""
+    for _ in range(clicks):
+        with torch.no_grad():
+            logits = decode(decoder, collate(examples))
+            full = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
+        for example, logit in zip(examples, full[:, 0].numpy() > 0, strict=True):
+            example.add_click(logit, rng)
 
 
 def two_objects(sequences, sequence, rng, mask: np.ndarray, features: dict[int, torch.Tensor]):
@@ -190,17 +244,16 @@ def train(arguments: argparse.Namespace) -> None:
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
         hard_fraction = 1.0 - 0.85 * min(1.0, step / (0.3 * arguments.steps))
-        batch = sample_batch(
+        examples = sample_examples(
             sequences, rng, arguments.batch_size, paste_probability=arguments.paste_probability
         )
-        logits = decoder(
-            batch["stride16"],
-            batch["stride8"],
-            batch["stride4"],
-            batch["maps"],
-            batch["similarity"],
+        if arguments.iterative_clicks:  # no draw otherwise: the stream stays as before
+            clicks = int(rng.integers(arguments.iterative_clicks + 1))
+            click_on_own_errors(decoder, examples, rng, clicks)
+        batch = collate(examples)
+        logits = F.interpolate(
+            decode(decoder, batch), scale_factor=2, mode="bilinear", align_corners=False
         )
-        logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
         return segmentation_loss(logits, F.avg_pool2d(batch["masks"], 2), hard_fraction), ""
 
     fit(decoder, prompt_loss, arguments.steps, arguments.lr)
@@ -215,6 +268,12 @@ if __name__ == "__main__":
         type=float,
         default=0.0,
         help="chance that a sample gets a second object pasted in, the target half the time",
+    )
+    parser.add_argument(
+        "--iterative-clicks",
+        type=int,
+        default=0,
+        help="up to this many extra clicks per sample, each from the decoder's own errors (RITM)",
     )
     parser.add_argument(
         "--hold-out",

@@ -89,6 +89,7 @@ def sample_batch(
     distractor_probability: float = 0.0,
     static_probability: float = 0.0,
     warp_probability: float = 0.0,
+    absence_probability: float = ABSENCE_PROBABILITY,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
@@ -128,7 +129,7 @@ def sample_batch(
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
         for t in range(1, CLIP_FRAMES):
-            hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells)
+            hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells, absence_probability)
         for key, value in clip.items():
             parts[key].append(value)
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
@@ -264,19 +265,20 @@ def hide_object(
     mirror: int,
     corner: tuple[int, int],
     crop_cells: tuple[int, int],
+    probability: float = ABSENCE_PROBABILITY,
 ) -> None:
-    """Teach absence: with probability ``ABSENCE_PROBABILITY`` each, frame ``t`` of the clip
+    """Teach absence: with ``probability`` each, frame ``t`` of the clip
     becomes a frame of another sequence (a cut: the object is nowhere), or the object's box
     is covered by the same region of another sequence's frame (an occluder), in every feature
     map; the truth loses what was hidden."""
     draw = rng.random()
-    if draw >= 2 * ABSENCE_PROBABILITY:
+    if draw >= 2 * probability:
         return
     other = sequences[rng.integers(len(sequences))]
     frame = int(rng.integers(other.length))
     top, left = corner
     mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0  # cells the object touches
-    if draw < ABSENCE_PROBABILITY or not mask16.any():
+    if draw < probability or not mask16.any():
         box = (0, crop_cells[0], 0, crop_cells[1])
     else:
         rows, cols = torch.nonzero(mask16, as_tuple=True)
@@ -419,6 +421,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.distractor_probability,
             arguments.static_probability,
             arguments.warp_probability,
+            arguments.absence_probability,
         )
         if arguments.feature_dropout:
             # Frozen features allow no photometric augmentation; dropping whole channels
@@ -475,6 +478,12 @@ if __name__ == "__main__":
         type=float,
         default=0.0,
         help="chance that a real clip's frames get random affine warps (warp_clip)",
+    )
+    parser.add_argument(
+        "--absence-probability",
+        type=float,
+        default=ABSENCE_PROBABILITY,
+        help="chance that a predicted frame is a cut, and again that it gets an occluder",
     )
     parser.add_argument(
         "--scales",

@@ -33,11 +33,19 @@ class PromptsConfig:
     # DAVIS train, experimental: it fits train frames but ignores the prompt too often on new
     # ones (figures in docs/BENCHMARKS.md, "clicks").
     decoder: str = "grabcut"
+    # The learned decoder's weights: "" for the ones that ship with vidseg, or a file written
+    # by training/train_prompts.py (to compare recipes).
+    weights: str = ""
 
     def __post_init__(self) -> None:
         if self.decoder not in ("grabcut", "learned"):
             raise ValueError(
                 f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"
+            )
+        if self.weights and not Path(self.weights).is_file():
+            raise ValueError(
+                f"[prompts] weights: no file {self.weights!r}; give a file written by "
+                "training/train_prompts.py, or leave it empty for the shipped weights"
             )
 
 

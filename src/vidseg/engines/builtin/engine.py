@@ -61,7 +61,10 @@ class BuiltinEngine:
             return None
         with self._prompt_lock:
             if self._prompt_decoder is None:
-                self._prompt_decoder = PromptDecoder.pretrained()
+                weights = self.config.prompts.weights
+                self._prompt_decoder = (
+                    PromptDecoder.pretrained(weights) if weights else PromptDecoder.pretrained()
+                )
             return self._prompt_decoder
 
     @classmethod
