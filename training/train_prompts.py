@@ -14,7 +14,12 @@ space, as the tracker's distractors are) and is the target half the time: with t
 view, only the prompt tells which one is meant, so the decoder must follow it rather than pick
 the frame's most salient object.
 
-    python training/train_prompts.py     # about 10 minutes on 2 CPU cores, writes the weights
+With ``--iterative-clicks N`` (RITM's iterative training), each batch then goes through 0 to N
+rounds of prediction, each adding the benchmark's next click from the decoder's own errors
+with its prediction as the current mask; with ``--loss-on-every-round`` every round's
+prediction is supervised, so the first click is trained as much as the corrections.
+
+    python training/train_prompts.py     # the shipped recipe: paste 0.5, 3 rounds, every round
 """
 
 from __future__ import annotations
@@ -215,9 +220,14 @@ def click_on_own_errors(
     for _ in range(clicks):
         with torch.no_grad():
             logits = decode(decoder, collate(examples))
-            full = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        for example, logit in zip(examples, full[:, 0].numpy() > 0, strict=True):
-            example.add_click(logit, rng)
+        add_clicks(examples, logits, rng)
+
+
+def add_clicks(examples: list[Example], logits: torch.Tensor, rng: np.random.Generator) -> None:
+    """Each example's next click, from its prediction (stride-4 ``logits``) at input size."""
+    full = F.interpolate(logits.detach(), scale_factor=4, mode="bilinear", align_corners=False)
+    for example, prediction in zip(examples, full[:, 0].numpy() > 0, strict=True):
+        example.add_click(prediction, rng)
 
 
 def two_objects(sequences, sequence, rng, mask: np.ndarray, features: dict[int, torch.Tensor]):
@@ -247,14 +257,27 @@ def train(arguments: argparse.Namespace) -> None:
         examples = sample_examples(
             sequences, rng, arguments.batch_size, paste_probability=arguments.paste_probability
         )
+
+        def loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = decode(decoder, batch)
+            upsampled = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+            target = F.avg_pool2d(batch["masks"], 2)
+            return segmentation_loss(upsampled, target, hard_fraction), logits
+
+        rounds = 0
         if arguments.iterative_clicks:  # no draw otherwise: the stream stays as before
-            clicks = int(rng.integers(arguments.iterative_clicks + 1))
-            click_on_own_errors(decoder, examples, rng, clicks)
-        batch = collate(examples)
-        logits = F.interpolate(
-            decode(decoder, batch), scale_factor=2, mode="bilinear", align_corners=False
-        )
-        return segmentation_loss(logits, F.avg_pool2d(batch["masks"], 2), hard_fraction), ""
+            rounds = int(rng.integers(arguments.iterative_clicks + 1))
+        if not arguments.loss_on_every_round:
+            click_on_own_errors(decoder, examples, rng, rounds)
+            return loss(collate(examples))[0], ""
+        # Every round's prediction is supervised, the first click's included.
+        losses = []
+        for round_index in range(rounds + 1):
+            value, logits = loss(collate(examples))
+            losses.append(value)
+            if round_index < rounds:
+                add_clicks(examples, logits, rng)
+        return torch.stack(losses).mean(), ""
 
     fit(decoder, prompt_loss, arguments.steps, arguments.lr)
     save_half(decoder, arguments.output)
@@ -266,14 +289,20 @@ if __name__ == "__main__":
     parser.add_argument(
         "--paste-probability",
         type=float,
-        default=0.0,
+        default=0.5,
         help="chance that a sample gets a second object pasted in, the target half the time",
     )
     parser.add_argument(
         "--iterative-clicks",
         type=int,
-        default=0,
+        default=3,
         help="up to this many extra clicks per sample, each from the decoder's own errors (RITM)",
+    )
+    parser.add_argument(
+        "--loss-on-every-round",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --iterative-clicks, supervise each round's prediction, not only the last",
     )
     parser.add_argument(
         "--hold-out",
