@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -298,6 +299,29 @@ def test_tracks_a_real_davis_clip(engine) -> None:
     # The training-free tracker only beats copying; the learned one must do far better.
     minimum = {"learned": 0.6, "matching": 0.36}[engine.config.tracker.kind]
     assert np.mean(scores) > minimum, np.mean(scores)
+
+
+@pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")
+def test_learned_prompt_decoder_follows_a_box_and_clicks_on_a_real_frame() -> None:
+    """The shipped prompt decoder on a val frame (never trained on): a tight box, or one click,
+    selects the cow that was meant, not the herd."""
+    from vidseg.evaluation import read_mask
+    from vidseg.io import open_frames
+    from vidseg.session import TrackingSession
+
+    frame = open_frames(DAVIS / "JPEGImages" / "480p" / "cows")[0]
+    truth = read_mask(DAVIS / "Annotations" / "480p" / "cows" / "00000.png") > 0
+    engine = BuiltinEngine(BuiltinConfig.load(overrides={"prompts": {"decoder": "learned"}}))
+    ys, xs = np.nonzero(truth)
+    session = TrackingSession(frame[None], engine=engine)
+    assert iou(session.add_box(0, 1, [xs.min(), ys.min(), xs.max(), ys.max()]), truth) > 0.85
+    inside = cv2.distanceTransform(truth.astype(np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(inside.argmax()), inside.shape)
+    one_click = session.add_points(0, 2, [[x, y]])
+    assert iou(one_click, truth) > 0.7
+    near = np.zeros_like(truth)  # the truth's box, grown by 40 px: the other cows lie outside
+    near[max(ys.min() - 40, 0) : ys.max() + 40, max(xs.min() - 40, 0) : xs.max() + 40] = True
+    assert one_click[~near].sum() < 0.02 * one_click.sum()
 
 
 def test_prompt_maps_place_clicks_box_and_current_mask() -> None:

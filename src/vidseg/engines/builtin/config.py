@@ -29,9 +29,10 @@ class TrackerConfig:
 @dataclass(frozen=True)
 class PromptsConfig:
     # How clicks and boxes become a mask. "grabcut": feature similarity around the clicks,
-    # then GrabCut (the default: it generalises). "learned": the prompt decoder trained on
-    # DAVIS train, experimental: it fits train frames but ignores the prompt too often on new
-    # ones (figures in docs/BENCHMARKS.md, "clicks").
+    # then GrabCut (the default: it works on any content with colour edges). "learned": the
+    # prompt decoder trained on DAVIS train: better and 5x faster on real video frames
+    # (docs/BENCHMARKS.md, "clicks"), but it can fail on content far from DAVIS (on small
+    # synthetic clips it misses boxed shapes), so it is opt-in for now.
     decoder: str = "grabcut"
     # The learned decoder's weights: "" for the ones that ship with vidseg, or a file written
     # by training/train_prompts.py (to compare recipes).
