@@ -234,7 +234,11 @@ def test_iterative_training_clicks_on_the_decoders_own_errors(sequence) -> None:
         train_prompts.Example(features, truth, empty.positive[:1], np.zeros((0, 2)), None, None)
         for _ in range(2)
     ]
-    train_prompts.click_on_own_errors(train_prompts.PromptDecoder(), examples, rng, clicks=3)
+    decoder = train_prompts.PromptDecoder()
+    for _ in range(3):
+        with torch.no_grad():
+            logits = train_prompts.decode(decoder, train_prompts.collate(examples))
+        train_prompts.add_clicks(examples, logits, rng)
     for example in examples:
         assert len(example.positive) + len(example.negative) == 4
         assert example.current is not None and example.current.shape == truth.shape

@@ -76,6 +76,19 @@ def damaged(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def error_click(mask: np.ndarray, prediction: np.ndarray, rng: np.random.Generator):
+    """The benchmark's next click, randomised a little: near the interior point of the larger
+    error region, positive on a missed part, negative on a wrong one. Returns (positive,
+    negative), one of them a single (x, y) point, both empty when the prediction is right."""
+    missed = interior_distance(mask & ~prediction)
+    extra = interior_distance(prediction & ~mask)
+    if missed.max() >= extra.max() and missed.max() > 0:
+        return pick(rng, missed >= missed.max() * 0.9, 1), np.zeros((0, 2))
+    if extra.max() > 0:
+        return np.zeros((0, 2)), pick(rng, extra >= extra.max() * 0.9, 1)
+    return np.zeros((0, 2)), np.zeros((0, 2))
+
+
 def simulate_prompt(mask: np.ndarray, rng: np.random.Generator):
     """(positive, negative, box, current) for one sample; points in input pixels."""
     inside = interior_distance(mask)
@@ -99,11 +112,8 @@ def simulate_prompt(mask: np.ndarray, rng: np.random.Generator):
     else:
         current = damaged(mask, rng)
         positive = pick(rng, inside >= 0.5 * inside.max(), int(rng.integers(0, 3)))
-        missed, extra = interior_distance(mask & ~current), interior_distance(current & ~mask)
-        if missed.max() >= extra.max() and missed.max() > 0:
-            positive = np.concatenate([positive, pick(rng, missed >= missed.max() * 0.9, 1)])
-        elif extra.max() > 0:
-            negative = pick(rng, extra >= extra.max() * 0.9, 1)
+        new_positive, negative = error_click(mask, current, rng)
+        positive = np.concatenate([positive, new_positive])
         if len(positive) == 0 and len(negative) == 0:
             positive = pick(rng, inside >= 0.5 * inside.max(), 1)
     return positive, negative, box, current
@@ -117,19 +127,11 @@ class Example:
         self.positive, self.negative, self.box, self.current = positive, negative, box, current
 
     def add_click(self, prediction: np.ndarray, rng: np.random.Generator) -> None:
-        """The benchmark's next click, from this prediction's errors: inside the larger error
-        region (near its interior point), positive on a missed part, negative on a wrong one.
-        The prediction becomes the current mask, as in the session."""
-        missed = interior_distance(self.mask & ~prediction)
-        extra = interior_distance(prediction & ~self.mask)
-        if missed.max() >= extra.max() and missed.max() > 0:
-            self.positive = np.concatenate(
-                [self.positive, pick(rng, missed >= 0.9 * missed.max(), 1)]
-            )
-        elif extra.max() > 0:
-            self.negative = np.concatenate(
-                [self.negative, pick(rng, extra >= 0.9 * extra.max(), 1)]
-            )
+        """The next click from this prediction's errors (:func:`error_click`); the prediction
+        becomes the current mask, as in the session."""
+        positive, negative = error_click(self.mask, prediction, rng)
+        self.positive = np.concatenate([self.positive, positive])
+        self.negative = np.concatenate([self.negative, negative])
         self.current = prediction
 
 
@@ -199,28 +201,10 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     return {key: torch.stack(value) for key, value in parts.items()}
 
 
-def sample_batch(
-    sequences, rng, batch_size: int, crop_cells=(16, 28), paste_probability: float = 0.0
-) -> dict[str, torch.Tensor]:
-    return collate(sample_examples(sequences, rng, batch_size, crop_cells, paste_probability))
-
-
 def decode(decoder: PromptDecoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return decoder(
         batch["stride16"], batch["stride8"], batch["stride4"], batch["maps"], batch["similarity"]
     )
-
-
-def click_on_own_errors(
-    decoder: PromptDecoder, examples: list[Example], rng: np.random.Generator, clicks: int
-) -> None:
-    """RITM's iterative training: ``clicks`` rounds of predicting (without gradients) and
-    adding the next simulated click from the prediction's own errors, so that the decoder
-    learns to correct the masks it actually makes, from the prompts the benchmark gives."""
-    for _ in range(clicks):
-        with torch.no_grad():
-            logits = decode(decoder, collate(examples))
-        add_clicks(examples, logits, rng)
 
 
 def add_clicks(examples: list[Example], logits: torch.Tensor, rng: np.random.Generator) -> None:
@@ -267,14 +251,16 @@ def train(arguments: argparse.Namespace) -> None:
         rounds = 0
         if arguments.iterative_clicks:  # no draw otherwise: the stream stays as before
             rounds = int(rng.integers(arguments.iterative_clicks + 1))
-        if not arguments.loss_on_every_round:
-            click_on_own_errors(decoder, examples, rng, rounds)
-            return loss(collate(examples))[0], ""
-        # Every round's prediction is supervised, the first click's included.
+        # RITM's iterative training: each round predicts and adds the next click from the
+        # prediction's own errors, so the decoder learns to correct the masks it really makes.
         losses = []
         for round_index in range(rounds + 1):
-            value, logits = loss(collate(examples))
-            losses.append(value)
+            if round_index == rounds or arguments.loss_on_every_round:
+                value, logits = loss(collate(examples))
+                losses.append(value)
+            else:
+                with torch.no_grad():
+                    logits = decode(decoder, collate(examples))
             if round_index < rounds:
                 add_clicks(examples, logits, rng)
         return torch.stack(losses).mean(), ""

@@ -20,7 +20,7 @@ from vidseg.engines.builtin.encoder import (
     normalize,
 )
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
-from vidseg.engines.builtin.network import TrackingNetwork
+from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, TrackingNetwork
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
@@ -61,10 +61,8 @@ class BuiltinEngine:
             return None
         with self._prompt_lock:
             if self._prompt_decoder is None:
-                weights = self.config.prompts.weights
-                self._prompt_decoder = (
-                    PromptDecoder.pretrained(weights) if weights else PromptDecoder.pretrained()
-                )
+                weights = self.config.prompts.weights or PROMPT_WEIGHTS_PATH
+                self._prompt_decoder = PromptDecoder.pretrained(weights)
             return self._prompt_decoder
 
     @classmethod
