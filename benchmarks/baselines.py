@@ -7,7 +7,9 @@ A *method* is a callable ``method(frames, first_mask) -> Iterator[np.ndarray]``:
 - ``first_mask``: the object's boolean (height, width) mask on frame 0 (the prompt);
 - it yields one boolean (height, width) mask per frame, frame 0 included, in order.
 
-Methods are registered in :data:`METHODS` under a short key (``--methods copy,dis,vidseg``).
+Methods are registered in :data:`METHODS` under a short key (``--methods copy,dis,vidseg``);
+:func:`method_spec` also takes variants of the engine's config written into the key, such as
+``vidseg+tracker.weights=run.pt+presence.min_object_match=0`` (to compare training recipes).
 This module imports only numpy and OpenCV; a method that needs more imports it lazily, inside
 the method, so that the harness runs whatever else is missing.
 """
@@ -15,6 +17,7 @@ the method, so that the harness runs whatever else is missing.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -225,3 +228,48 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
+
+
+def _setting_value(text: str):
+    """A config value as TOML reads it (``0.3``, ``true``), or the text itself (a path)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def method_spec(key: str) -> MethodSpec:
+    """The method registered under ``key``, or the vidseg engine with config overrides when
+    ``key`` reads ``vidseg+SECTION.SETTING=VALUE[+...]``.
+
+    >>> method_spec("vidseg+presence.min_object_match=0").name
+    'vidseg (presence.min_object_match=0)'
+    """
+    if key in METHODS:
+        return METHODS[key]
+    base, *settings = key.split("+")
+    if base != "vidseg" or not settings:
+        raise ValueError(
+            f"unknown method {key!r}: choose among {', '.join(METHODS)}, or "
+            "vidseg+SECTION.SETTING=VALUE[+...]"
+        )
+    overrides: dict[str, dict] = {}
+    shown = []
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        section, dot, option = name.partition(".")
+        if not (equals and dot):
+            raise ValueError(f"{setting!r} in method {key!r}: write SECTION.SETTING=VALUE")
+        overrides.setdefault(section, {})[option] = _setting_value(value)
+        shown.append(f"{name}={os.path.basename(value)}")
+
+    def run(frames: Sequence[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
+        yield from _track_with_vidseg(frames, first_mask, overrides)
+
+    return MethodSpec(
+        key,
+        f"vidseg ({', '.join(shown)})",
+        run,
+        f"vidseg built-in engine with {', '.join(settings)}",
+        vidseg_engine_unavailable,
+    )

@@ -36,7 +36,7 @@ try:
 except ImportError:  # running from a checkout without an installed vidseg
     sys.path.insert(0, str(HERE.parent / "src"))
 
-from baselines import METHODS, MethodUnavailable  # noqa: E402
+from baselines import METHODS, MethodUnavailable, method_spec  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -82,7 +82,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     from vidseg.evaluation import EvaluationReport, evaluate_sequence, read_mask
     from vidseg.evaluation.davis import _MaskFiles
 
-    spec = METHODS[args.worker]
+    spec = method_spec(args.worker)
     start_rss = peak_rss_mb()
     runs = {}
     for seq in args.sequences:
@@ -215,7 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         help="comma-separated method keys among " + ", ".join(METHODS) + " (default: all "
-        "available)",
+        "available), or config variants like vidseg+tracker.weights=run.pt",
     )
     parser.add_argument(
         "--split",
@@ -256,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         keys = [k for k in args.methods.split(",") if k]
         for key in keys:
-            if key not in METHODS:
-                raise SystemExit(f"unknown method {key!r}: choose among {', '.join(METHODS)}")
-            reason = METHODS[key].unavailable()
+            try:
+                reason = method_spec(key).unavailable()
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
             if reason:
                 raise SystemExit(f"method {key!r} is unavailable: {reason}")
     else:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import METHODS  # noqa: E402
+from baselines import method_spec  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from vidseg.evaluation import read_mask
 
-    methods = [METHODS[key] for key in args.methods.split(",")]
+    try:
+        methods = [method_spec(key) for key in args.methods.split(",")]
+    except ValueError as error:
+        parser.error(str(error))
     all_val = read_sequence_list(args.data, "val")
     sequences = args.sequences.split(",") if args.sequences else all_val
     results: dict[str, list[dict[str, float]]] = {m.key: [] for m in methods}

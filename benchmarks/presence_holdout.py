@@ -48,16 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
-    from vidseg.engines.builtin.network import TrackingNetwork
     from vidseg.evaluation import evaluate_sequence, read_mask
     from vidseg.session import TrackingSession
 
     engines = {}
     for weights in args.weights.split(","):
-        network = TrackingNetwork.pretrained(weights)
         for setting in args.settings.split(";"):
-            engine = BuiltinEngine(BuiltinConfig.load(overrides={"presence": presence(setting)}))
-            engine.network = network
+            overrides = {"presence": presence(setting), "tracker": {"weights": weights}}
+            engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
             label = setting if "," not in args.weights else f"{Path(weights).stem} {setting}"
             engines[label] = engine
     train = sorted(read_sequence_list(args.data, "train"))

@@ -77,6 +77,23 @@ def test_registry_and_the_vidseg_placeholder():
             next(baselines.vidseg_engine_method([], np.zeros((4, 4), bool)))
 
 
+def test_config_variant_keys_run_the_engine_with_those_settings():
+    """``vidseg+SECTION.SETTING=VALUE`` is the engine with that override: here it must track
+    exactly as the registered matching-tracker method does."""
+    frames, masks = translating_square()
+    variant = baselines.method_spec("vidseg+tracker.kind=matching")
+    assert variant.name == "vidseg (tracker.kind=matching)"
+    got = list(variant.run(frames, masks[0]))
+    matching = list(baselines.METHODS["vidseg-matching"].run(frames, masks[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(got, matching, strict=True))
+    assert region_similarity(got[-1], masks[-1]) > 0.7
+    for bad in ("nope", "vidseg+tracker", "dis+tracker.kind=matching"):
+        with pytest.raises(ValueError, match="unknown method|SECTION.SETTING=VALUE"):
+            baselines.method_spec(bad)
+    with pytest.raises(ValueError, match="no file"):
+        list(baselines.method_spec("vidseg+tracker.weights=missing.pt").run(frames, masks[0]))
+
+
 def test_section_replacement_keeps_the_rest(tmp_path):
     doc = tmp_path / "docs" / "BENCHMARKS.md"
     common.write_section(doc, "davis", "first")  # creates the file

@@ -199,21 +199,27 @@ def test_config_overrides_and_unknown_settings() -> None:
         BuiltinConfig.load(overrides={"readout": {"topk": 3}})
     with pytest.raises(ValueError, match="'learned' or 'matching'"):
         BuiltinConfig.load(overrides={"tracker": {"kind": "magic"}})
-    with pytest.raises(ValueError, match="no file 'missing.pt'"):
-        BuiltinConfig.load(overrides={"prompts": {"weights": "missing.pt"}})
 
 
-def test_prompt_decoder_weights_can_be_chosen_in_the_config(tmp_path) -> None:
-    """``[prompts] weights`` loads another recipe's decoder (how benchmarks compare them)."""
+@pytest.mark.parametrize("section", ["prompts", "tracker"])
+def test_learned_weights_can_be_chosen_in_the_config(tmp_path, section: str) -> None:
+    """``[prompts] weights`` and ``[tracker] weights`` load another recipe's network (how
+    benchmarks compare them); a missing file is a clear error."""
     from vidseg.engines.builtin.network import save_half
     from vidseg.engines.builtin.prompt_decoder import PromptDecoder
 
-    fresh = PromptDecoder()
+    with pytest.raises(ValueError, match=rf"\[{section}\] weights: no file 'missing.pt'"):
+        BuiltinConfig.load(overrides={section: {"weights": "missing.pt"}})
+    network_class = PromptDecoder if section == "prompts" else TrackingNetwork
+    fresh = network_class()
     save_half(fresh, tmp_path / "fresh.pt")
-    overrides = {"prompts": {"decoder": "learned", "weights": str(tmp_path / "fresh.pt")}}
-    chosen = BuiltinEngine(BuiltinConfig.load(overrides=overrides)).prompt_decoder
-    shipped = PromptDecoder.pretrained()
-    name = "logit.weight"
+    overrides = {section: {"weights": str(tmp_path / "fresh.pt")}}
+    if section == "prompts":
+        overrides["prompts"]["decoder"] = "learned"
+    engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+    chosen = engine.prompt_decoder if section == "prompts" else engine.network
+    shipped = network_class.pretrained()
+    name = "logit.weight" if section == "prompts" else "mask_decoder.logit.weight"
     assert torch.equal(chosen.state_dict()[name], fresh.state_dict()[name].half().float())
     assert not torch.equal(chosen.state_dict()[name], shipped.state_dict()[name])
 

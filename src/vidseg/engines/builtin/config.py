@@ -14,16 +14,28 @@ from typing import Any
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
 
+def _check_weights_file(section: str, weights: str, trainer: str) -> None:
+    if weights and not Path(weights).is_file():
+        raise ValueError(
+            f"[{section}] weights: no file {weights!r}; give a file written by {trainer}, "
+            "or leave it empty for the shipped weights"
+        )
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     # "learned": memory read-out and mask decoder trained on DAVIS train (weights ship with the
     # package). "matching": the training-free label propagation by feature matching, kept as a
     # reference (the [readout] and [refine] sections apply to it only).
     kind: str = "learned"
+    # The learned tracker's weights: "" for the ones that ship with vidseg, or a file written
+    # by training/train_tracker.py (to compare recipes).
+    weights: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("learned", "matching"):
             raise ValueError(f"[tracker] kind must be 'learned' or 'matching', not {self.kind!r}")
+        _check_weights_file("tracker", self.weights, "training/train_tracker.py")
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,7 @@ class PromptsConfig:
             raise ValueError(
                 f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"
             )
-        if self.weights and not Path(self.weights).is_file():
-            raise ValueError(
-                f"[prompts] weights: no file {self.weights!r}; give a file written by "
-                "training/train_prompts.py, or leave it empty for the shipped weights"
-            )
+        _check_weights_file("prompts", self.weights, "training/train_prompts.py")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from vidseg.engines.builtin.encoder import (
     normalize,
 )
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
-from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, TrackingNetwork
+from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, WEIGHTS_PATH, TrackingNetwork
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
@@ -49,7 +49,11 @@ class BuiltinEngine:
             torch.set_num_threads(self.config.encoder.threads)
         self.encoder = load_encoder(self.config.encoder.runtime)
         learned = self.config.tracker.kind == "learned"
-        self.network = TrackingNetwork.pretrained() if learned else None
+        self.network = (
+            TrackingNetwork.pretrained(self.config.tracker.weights or WEIGHTS_PATH)
+            if learned
+            else None
+        )
         self._prompt_decoder: PromptDecoder | None = None
         self._prompt_lock = threading.Lock()
 
