@@ -238,6 +238,27 @@ def _setting_value(text: str):
         return text
 
 
+def config_variant(key: str) -> tuple[str, dict[str, dict], str]:
+    """Split ``BASE+SECTION.SETTING=VALUE[+...]`` into the base key, the config overrides and
+    a label for tables (paths shown by their file name).
+
+    >>> config_variant("vidseg+presence.min_object_match=0+tracker.weights=/tmp/run.pt")
+    ('vidseg', {'presence': {'min_object_match': 0}, 'tracker': {'weights': '/tmp/run.pt'}}, \
+'presence.min_object_match=0, tracker.weights=run.pt')
+    """
+    base, *settings = key.split("+")
+    overrides: dict[str, dict] = {}
+    shown = []
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        section, dot, option = name.partition(".")
+        if not (equals and dot):
+            raise ValueError(f"{setting!r} in {key!r}: write SECTION.SETTING=VALUE")
+        overrides.setdefault(section, {})[option] = _setting_value(value)
+        shown.append(f"{name}={os.path.basename(value)}")
+    return base, overrides, ", ".join(shown)
+
+
 def method_spec(key: str) -> MethodSpec:
     """The method registered under ``key``, or the vidseg engine with config overrides when
     ``key`` reads ``vidseg+SECTION.SETTING=VALUE[+...]``.
@@ -247,29 +268,20 @@ def method_spec(key: str) -> MethodSpec:
     """
     if key in METHODS:
         return METHODS[key]
-    base, *settings = key.split("+")
-    if base != "vidseg" or not settings:
+    base, overrides, shown = config_variant(key)
+    if base != "vidseg" or not overrides:
         raise ValueError(
             f"unknown method {key!r}: choose among {', '.join(METHODS)}, or "
             "vidseg+SECTION.SETTING=VALUE[+...]"
         )
-    overrides: dict[str, dict] = {}
-    shown = []
-    for setting in settings:
-        name, equals, value = setting.partition("=")
-        section, dot, option = name.partition(".")
-        if not (equals and dot):
-            raise ValueError(f"{setting!r} in method {key!r}: write SECTION.SETTING=VALUE")
-        overrides.setdefault(section, {})[option] = _setting_value(value)
-        shown.append(f"{name}={os.path.basename(value)}")
 
     def run(frames: Sequence[np.ndarray], first_mask: np.ndarray) -> Iterator[np.ndarray]:
         yield from _track_with_vidseg(frames, first_mask, overrides)
 
     return MethodSpec(
         key,
-        f"vidseg ({', '.join(shown)})",
+        f"vidseg ({shown})",
         run,
-        f"vidseg built-in engine with {', '.join(settings)}",
+        f"vidseg built-in engine with {shown}",
         vidseg_engine_unavailable,
     )

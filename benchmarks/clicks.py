@@ -16,9 +16,12 @@ J&F before and after the correction.
     python benchmarks/clicks.py                  # writes the "clicks" section of docs/BENCHMARKS.md
     python benchmarks/clicks.py --sequences blackswan --max-clicks 5 --no-write
     # choosing a prompt-decoder recipe on the train sequences that --hold-out leaves out:
-    python benchmarks/clicks.py --split train --frames 5 --engines vidseg --no-video \
+    python benchmarks/clicks.py --split train --frames 5 --no-video --no-write \
         --sequences bus,elephant,kite-walk,motorbike,soccerball,train \
-        --prompt-weights a.pt,b.pt --no-write
+        --engines vidseg,vidseg-learned+prompts.weights=a.pt,vidseg-learned+prompts.weights=b.pt
+
+An engine key is one of ``ENGINES`` or one of them with config overrides appended,
+``KEY+SECTION.SETTING=VALUE[+...]`` (as in ``davis.py``'s method keys).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import config_variant  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -162,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("val", "train"), default="val")
     parser.add_argument("--sequences", help="comma-separated sequences (default: the split's)")
     parser.add_argument("--max-clicks", type=int, default=20)
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="comma-separated, among " + ", ".join(ENGINES) + ", each optionally with "
+        "+SECTION.SETTING=VALUE config overrides",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
     parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
     parser.add_argument(
@@ -170,10 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--frames", type=int, default=1, help="evenly spaced frames per sequence (1: the first)"
-    )
-    parser.add_argument(
-        "--prompt-weights",
-        help="also run the learned prompt decoder with these weights (comma-separated files)",
     )
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
@@ -193,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     summary, rows = [], {}
     engines = {}
     for key in args.engines.split(","):
-        name, overrides = ENGINES[key]
-        engines[key] = (name, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
-    for path in args.prompt_weights.split(",") if args.prompt_weights else []:
-        overrides = {"prompts": {"decoder": "learned", "weights": path}}
-        engines[path] = (
-            f"vidseg, learned prompt decoder, weights {Path(path).name}",
-            BuiltinEngine(BuiltinConfig.load(overrides=overrides)),
-        )
+        base, variant, shown = config_variant(key)
+        if base not in ENGINES:
+            parser.error(f"unknown engine {base!r}: choose among {', '.join(ENGINES)}")
+        name, overrides = ENGINES[base]
+        for section, settings in variant.items():
+            overrides = {**overrides, section: {**overrides.get(section, {}), **settings}}
+        label = f"{name}, {shown}" if shown else name
+        engines[key] = (label, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
     for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Per sequence, IoU@1 / NoC@85 / NoC@90, engines in the order above:",
             "",
-            "| sequence | " + " | ".join(Path(key).stem for key in engines) + " |",
+            "| sequence | " + " | ".join(key.split("+")[0] for key in engines) + " |",
             "| --- | " + " | ".join("---:" for _ in engines) + " |",
             *[f"| {sequence} | " + " | ".join(cells) + " |" for sequence, cells in rows.items()],
             "",
