@@ -340,8 +340,8 @@ def test_zoom_region_frames_the_object_with_its_clicks() -> None:
     assert zoom_region(size, click, mask, zoom=0) is None  # off
     assert zoom_region(size, click, None, zoom=1.5) is None  # a first click: nothing to frame
     left, top, right, bottom = zoom_region(size, click, mask, zoom=1.5)
-    # The mask and the click span x 400-501, y 200-260; 1.5 times that about its centre.
-    assert (left, right) == (374, 527) and (top, bottom) == (185, 275)
+    # The mask and the click span x 400-500, y 200-260; 1.5 times that about its centre.
+    assert (left, right) == (375, 525) and (top, bottom) == (185, 275)
     whole = np.ones(size, bool)
     assert zoom_region(size, click, whole, zoom=1.5) is None  # the crop would be the frame
 
