@@ -330,22 +330,6 @@ def test_learned_prompt_decoder_follows_a_box_and_clicks_on_a_real_frame() -> No
     assert one_click[~near].sum() < 0.02 * one_click.sum()
 
 
-def test_zoom_region_frames_the_object_with_its_clicks() -> None:
-    from vidseg.engines.builtin.engine import zoom_region
-
-    size = (480, 854)
-    mask = np.zeros(size, bool)
-    mask[200:260, 400:480] = True  # 80 x 60
-    click = ObjectPrompt(points=np.array([[500.0, 230.0]], np.float32), labels=np.array([0]))
-    assert zoom_region(size, click, mask, zoom=0) is None  # off
-    assert zoom_region(size, click, None, zoom=1.5) is None  # a first click: nothing to frame
-    left, top, right, bottom = zoom_region(size, click, mask, zoom=1.5)
-    # The mask and the click span x 400-500, y 200-260; 1.5 times that about its centre.
-    assert (left, right) == (375, 525) and (top, bottom) == (185, 275)
-    whole = np.ones(size, bool)
-    assert zoom_region(size, click, whole, zoom=1.5) is None  # the crop would be the frame
-
-
 def test_prompt_maps_place_clicks_box_and_current_mask() -> None:
     current = np.zeros((10, 12), np.float32)
     current[2:5, 3:6] = 1.0

@@ -49,15 +49,8 @@ class PromptsConfig:
     # The learned decoder's weights: "" for the ones that ship with vidseg, or a file written
     # by training/train_prompts.py (to compare recipes).
     weights: str = ""
-    # Zoom-in (as in RITM and FocalClick), learned decoder only: once the object has a mask
-    # or a box, decode a crop around it, this many times its size, at the encoder's full
-    # input size, so that small objects get finer masks; outside the crop the mask is kept.
-    # 0 = always decode the whole frame.
-    zoom: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.zoom and self.zoom < 1:
-            raise ValueError(f"[prompts] zoom must be 0 (off) or at least 1, not {self.zoom}")
         if self.decoder not in ("grabcut", "learned"):
             raise ValueError(
                 f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"

@@ -109,34 +109,7 @@ class BuiltinEngine:
         prompt: ObjectPrompt,
         previous: np.ndarray | None,
     ) -> np.ndarray:
-        """The learned prompt decoder's mask for clicks and/or a box (and the current mask),
-        decoded in a zoomed crop around the object when ``[prompts] zoom`` is on."""
-        crop = zoom_region(frame.shape[:2], prompt, previous, self.config.prompts.zoom)
-        if crop is None:
-            return self._decode_frame(decoder, frame, prompt, previous)
-        left, top, right, bottom = crop
-        offset = np.array([left, top], dtype=np.float32)
-        inside = ObjectPrompt(
-            points=prompt.points - offset,
-            labels=prompt.labels,
-            box=None if prompt.box is None else prompt.box - np.tile(offset, 2),
-        )
-        mask = np.zeros(frame.shape[:2], bool) if previous is None else previous.copy()
-        mask[top:bottom, left:right] = self._decode_frame(
-            decoder,
-            frame[top:bottom, left:right],
-            inside,
-            None if previous is None else previous[top:bottom, left:right],
-        )
-        return mask
-
-    def _decode_frame(
-        self,
-        decoder: PromptDecoder,
-        frame: np.ndarray,
-        prompt: ObjectPrompt,
-        previous: np.ndarray | None,
-    ) -> np.ndarray:
+        """The learned prompt decoder's mask for clicks and/or a box (and the current mask)."""
         height, width = frame.shape[:2]
         features = self._encode(frame)
         input_height, input_width = features.stride4.shape[-2] * 4, features.stride4.shape[-1] * 4
@@ -169,48 +142,3 @@ class BuiltinEngine:
             clicked = keys[:, rows, cols]  # (C, clicks)
             similarity = torch.einsum("chw,ck->khw", keys, clicked).amax(0).clamp(min=0)
         return cv2.resize(similarity.numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def zoom_region(
-    size: tuple[int, int],
-    prompt: ObjectPrompt,
-    previous: np.ndarray | None,
-    zoom: float,
-) -> tuple[int, int, int, int] | None:
-    """The crop (left, top, right, bottom) that the learned decoder zooms into: the box
-    around the object's current mask, its clicks and its box, ``zoom`` times as large about
-    its centre, clipped to the frame. None when zoom is off, when there is nothing to zoom
-    on yet (a first click alone), or when the crop would be most of the frame anyway.
-
-    >>> prompt = ObjectPrompt(box=np.array([100, 100, 300, 200], dtype=np.float32))
-    >>> zoom_region((480, 854), prompt, None, zoom=1.5)
-    (50, 75, 350, 225)
-    """
-    height, width = size
-    has_mask = previous is not None and previous.any()
-    if not zoom or not (has_mask or prompt.box is not None):
-        return None
-    xs, ys = [prompt.points[:, 0]], [prompt.points[:, 1]]
-    if prompt.box is not None:
-        xs.append(prompt.box[0::2])
-        ys.append(prompt.box[1::2])
-    if has_mask:
-        rows, cols = np.nonzero(previous.any(axis=1))[0], np.nonzero(previous.any(axis=0))[0]
-        xs.append(np.array([cols[0], cols[-1] + 1]))
-        ys.append(np.array([rows[0], rows[-1] + 1]))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    centre_x, centre_y = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2
-    # At least a tenth of the frame: a crop of a few pixels has no context left.
-    half_width = max(zoom * (x.max() - x.min()), 0.1 * width) / 2
-    half_height = max(zoom * (y.max() - y.min()), 0.1 * height) / 2
-    left, right = (
-        max(0, int(centre_x - half_width)),
-        min(width, int(np.ceil(centre_x + half_width))),
-    )
-    top, bottom = (
-        max(0, int(centre_y - half_height)),
-        min(height, int(np.ceil(centre_y + half_height))),
-    )
-    if (right - left) * (bottom - top) > 0.8 * width * height:
-        return None
-    return left, top, right, bottom
