@@ -17,9 +17,12 @@ the method, so that the harness runs whatever else is missing.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -136,7 +139,7 @@ def vidseg_engine_method(
 def vidseg_matching_method(
     frames: Sequence[np.ndarray], first_mask: np.ndarray
 ) -> Iterator[np.ndarray]:
-    """The previous engine: the training-free matching tracker (same encoder at 576 px)."""
+    """The training-free matching tracker (same encoder at 576 px), before the learned one."""
     yield from _track_with_vidseg(frames, first_mask, {"tracker": {"kind": "matching"}})
 
 
@@ -175,6 +178,56 @@ def vidseg_untuned_allocator_method(
     yield from _track_with_vidseg(frames, first_mask, engine=engine)
 
 
+# The release before this one, for side-by-side figures: its tracker weights, read from git
+# history, and the [presence] setting it shipped with.
+PREVIOUS_RELEASE = "0.6.0"
+_PREVIOUS_COMMIT = "335220d"
+_PREVIOUS_OVERRIDES = {"presence": {"min_object_match": 0.3}}
+_TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network.pt"
+
+
+def _previous_weights() -> Path:
+    """The previous release's tracker weights, extracted from git once per process."""
+    target = Path(tempfile.gettempdir()) / f"vidseg-{PREVIOUS_RELEASE}-tracking_network.pt"
+    if not target.exists():
+        repo = Path(__file__).resolve().parents[1]
+        blob = subprocess.run(
+            ["git", "show", f"{_PREVIOUS_COMMIT}:{_TRACKER_WEIGHTS}"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+        ).stdout
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(blob)
+        partial.replace(target)
+    return target
+
+
+def vidseg_previous_unavailable() -> str | None:
+    """Why the previous release's engine cannot run: no engine, or no git history."""
+    reason = vidseg_engine_unavailable()
+    if reason:
+        return reason
+    try:
+        _previous_weights()
+    except (OSError, subprocess.CalledProcessError):
+        return f"its weights come from git history (commit {_PREVIOUS_COMMIT}): run in a clone"
+    return None
+
+
+def previous_release_overrides() -> dict[str, dict]:
+    """Config overrides that make the built-in engine the one released in
+    :data:`PREVIOUS_RELEASE` (its tracker weights, from git history)."""
+    return {**_PREVIOUS_OVERRIDES, "tracker": {"weights": str(_previous_weights())}}
+
+
+def vidseg_previous_method(
+    frames: Sequence[np.ndarray], first_mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """The built-in engine as released in :data:`PREVIOUS_RELEASE`."""
+    yield from _track_with_vidseg(frames, first_mask, previous_release_overrides())
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     key: str  # what --methods takes
@@ -199,10 +252,17 @@ METHODS: dict[str, MethodSpec] = {
             vidseg_engine_unavailable,
         ),
         MethodSpec(
+            "vidseg-previous",
+            f"vidseg_{PREVIOUS_RELEASE}",
+            vidseg_previous_method,
+            f"previous engine: vidseg {PREVIOUS_RELEASE}'s tracker weights and presence check",
+            vidseg_previous_unavailable,
+        ),
+        MethodSpec(
             "vidseg-matching",
             "vidseg_matching",
             vidseg_matching_method,
-            "previous engine: training-free matching tracker (encoder at 576 px)",
+            "training-free matching tracker (encoder at 576 px), before the learned one",
             vidseg_engine_unavailable,
         ),
         MethodSpec(

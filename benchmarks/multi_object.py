@@ -7,7 +7,8 @@ sequence after the background's, scaled to half size and drifting across the fra
 speed and height, drawn in order (later objects in front). Every object is prompted with its
 mask on frame 0 and tracked forward by one ``TrackingSession``. Reported: J&F per object
 (DAVIS protocol, mean over objects), identity switches (an object's mask moving mostly onto
-another object's truth) and frames per second, for the engine and the previous engine.
+another object's truth) and frames per second, for the engine, the previous release and the
+training-free matching tracker.
 
     python benchmarks/multi_object.py                 # writes the "multi-object" section
     python benchmarks/multi_object.py --counts 1,2 --no-write
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import PREVIOUS_RELEASE, previous_release_overrides  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -37,9 +39,11 @@ from common import (  # noqa: E402
 
 SECTION = "multi-object"
 CLIP_FRAMES = 50
+# Each engine: its name in tables and a function giving its config overrides.
 ENGINES = {
-    "vidseg": ("vidseg", {}),
-    "vidseg-matching": ("vidseg_matching (previous engine)", {"tracker": {"kind": "matching"}}),
+    "vidseg": ("vidseg", dict),
+    "vidseg-previous": (f"vidseg_{PREVIOUS_RELEASE}", previous_release_overrides),
+    "vidseg-matching": ("vidseg_matching", lambda: {"tracker": {"kind": "matching"}}),
 }
 
 
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_names: list[str] = []
     for key in args.engines.split(","):
         name, overrides = ENGINES[key]
-        builtin = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+        builtin = BuiltinEngine(BuiltinConfig.load(overrides=overrides()))
         for count in counts:
             frames, labels = composite_clip(args.data, sequences, count)
             engine = RecordingEngine(builtin)

@@ -94,6 +94,18 @@ def test_config_variant_keys_run_the_engine_with_those_settings():
         list(baselines.method_spec("vidseg+tracker.weights=missing.pt").run(frames, masks[0]))
 
 
+def test_previous_release_weights_come_from_git_history():
+    """The previous release's engine, for side-by-side figures: its tracker weights are read
+    from git (the tests run in a clone) and load as a tracking network."""
+    from vidseg.engines.builtin.network import TrackingNetwork
+
+    assert baselines.vidseg_previous_unavailable() is None
+    overrides = baselines.previous_release_overrides()
+    network = TrackingNetwork.pretrained(overrides["tracker"]["weights"])
+    assert not network.training
+    assert overrides["presence"] == {"min_object_match": 0.3}
+
+
 def test_section_replacement_keeps_the_rest(tmp_path):
     doc = tmp_path / "docs" / "BENCHMARKS.md"
     common.write_section(doc, "davis", "first")  # creates the file
