@@ -129,7 +129,9 @@ def test_a_mask_unlike_the_object_is_judged_a_ghost_relative_to_its_usual_match(
     always matches little stays present), and only when the mask is also smaller."""
     from vidseg.io import VideoInfo
 
-    tracker = BuiltinEngine().new_tracker(VideoInfo(width=64, height=48, num_frames=9, fps=24))
+    config = BuiltinConfig.load(overrides={"presence": {"min_object_match": 0.3}})  # off by default
+    info = VideoInfo(width=64, height=48, num_frames=9, fps=24)
+    tracker = BuiltinEngine(config).new_tracker(info)
     tracker._reference_area.update({1: 400.0, 2: 400.0})
     probability = np.zeros((48, 64), np.float32)
     probability[10:30, 10:30] = 0.9  # 400 pixels, as prompted
@@ -154,7 +156,9 @@ def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None
     next smaller ghost is still caught."""
     from vidseg.io import VideoInfo
 
-    tracker = BuiltinEngine().new_tracker(VideoInfo(width=64, height=48, num_frames=9, fps=24))
+    config = BuiltinConfig.load(overrides={"presence": {"min_object_match": 0.3}})  # off by default
+    info = VideoInfo(width=64, height=48, num_frames=9, fps=24)
+    tracker = BuiltinEngine(config).new_tracker(info)
     tracker._reference_area[1] = 400.0
     full = np.zeros((48, 64), np.float32)
     full[10:30, 10:30] = 0.9  # 400 pixels, as prompted
