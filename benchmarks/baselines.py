@@ -151,6 +151,13 @@ def vidseg_torchscript_method(
     yield from _track_with_vidseg(frames, first_mask, {"encoder": {"runtime": "torchscript"}})
 
 
+def vidseg_no_reid_method(
+    frames: Sequence[np.ndarray], first_mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """The built-in engine without the re-identification check on presence (as in 0.3.0)."""
+    yield from _track_with_vidseg(frames, first_mask, {"presence": {"min_object_match": 0.0}})
+
+
 def vidseg_untuned_allocator_method(
     frames: Sequence[np.ndarray], first_mask: np.ndarray
 ) -> Iterator[np.ndarray]:
@@ -263,6 +270,13 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg_torchscript",
             vidseg_torchscript_method,
             "vidseg built-in engine, encoder on TorchScript (as in 0.3.0) instead of ONNX Runtime",
+            vidseg_engine_unavailable,
+        ),
+        MethodSpec(
+            "vidseg-no-reid",
+            "vidseg_no_reid",
+            vidseg_no_reid_method,
+            "vidseg built-in engine without the re-identification check (as in 0.3.0)",
             vidseg_engine_unavailable,
         ),
         MethodSpec(

@@ -251,6 +251,10 @@ def bad_input_cases(video, path: Path, folder: Path) -> dict[str, tuple[list, st
     busy = folder / "busy"
     busy.mkdir()
     (busy / "notes.md").write_text("keep me")
+    typo = folder / "typo.toml"
+    typo.write_text('[prompts]\ndecodr = "learned"\n')
+    loose = folder / "loose.toml"
+    loose.write_text('decoder = "learned"\n')
     return {
         "text file": ([text, "--point", "5,5"], "not a video", 1),
         "truncated mp4": ([truncated, "--point", "5,5"], "truncated", 1),
@@ -264,6 +268,9 @@ def bad_input_cases(video, path: Path, folder: Path) -> dict[str, tuple[list, st
         "bad object id": ([path, "--obj", "0", "--point", "5,5"], "--obj '0'", 2),
         "no prompt": ([path], "no prompt given", 2),
         "foreign files in --out": ([path, "--point", "40,40"], "other than masks", 1),
+        "config typo": ([path, "--point", "5,5", "--config", typo], "['decodr'] in [prompts]", 1),
+        "config outside a section": ([path, "--point", "5,5", "--config", loose], "section", 1),
+        "missing config": ([path, "--point", "5,5", "--config", folder / "no.toml"], "read", 1),
     }
 
 
@@ -289,6 +296,9 @@ def bad_inputs(clip, tmp_path_factory: pytest.TempPathFactory):
         "bad object id",
         "no prompt",
         "foreign files in --out",
+        "config typo",
+        "config outside a section",
+        "missing config",
     ],
 )
 def test_track_bad_input(bad_inputs, case: str, tmp_path: Path) -> None:
@@ -489,3 +499,21 @@ def test_demo(tmp_path: Path) -> None:
     report = evaluate_directories(out / "masks", out / "truth")
     assert report.jf > 0.5, stdout
     assert f"{report.jf:.3f}" in stdout
+
+
+def test_config_file_sets_the_builtin_engine(tmp_path: Path) -> None:
+    """``--config`` (``load_engine(config=...)``): a TOML file's settings over the defaults."""
+    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
+    from vidseg.engines.loading import load_engine
+    from vidseg.errors import ModelError
+
+    config = tmp_path / "engine.toml"
+    config.write_text('[prompts]\ndecoder = "learned"\n\n[presence]\nmin_object_match = 0.3\n')
+    engine = load_engine(config=config)
+    assert engine.config.prompts.decoder == "learned" and engine.prompt_decoder is not None
+    assert engine.config.presence.min_object_match == 0.3
+    defaults = BuiltinConfig.load()
+    assert engine.config.encoder == defaults.encoder and engine.config.memory == defaults.memory
+    assert engine is not BuiltinEngine.shared()
+    with pytest.raises(ModelError, match="--config sets the built-in engine"):
+        load_engine("sam2.1-hiera-tiny", config=config)

@@ -27,10 +27,8 @@ from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_h
 
 CLIP_FRAMES = 3
 # Chance that a predicted frame of a clip is a cut to another sequence, and again that the
-# object is covered by an occluder (see hide_object). 0.3 (0.7.0; 0.1 before) was chosen on
-# held-out train sequences: absent accuracy 93.5% instead of 76.8% with the gaps, for 2.6
-# points of J&F without them (docs/BENCHMARKS.md, "presence-holdout").
-ABSENCE_PROBABILITY = 0.3
+# object is covered by an occluder (see hide_object).
+ABSENCE_PROBABILITY = 0.1
 # The presence head learns "visible" for an object showing at least this many pixels in the
 # crop (at the cache's scale), with this weight beside the mask loss.
 MIN_VISIBLE_PIXELS = 16

@@ -226,6 +226,13 @@ def _add_model_options(command: argparse.ArgumentParser) -> None:
         choices=("float32", "bfloat16", "float16"),
         help="weights and activations of a transformers model (default float32; 16-bit on GPU)",
     )
+    model.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="TOML file of built-in engine settings over its defaults, e.g. "
+        "'[prompts]' and 'decoder = \"learned\"' for the learned click/box decoder",
+    )
 
 
 def _positive_int(option: str):
@@ -266,7 +273,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         opened = time.perf_counter()
         if args.threads is not None:
             set_threads(args.threads)
-        engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+        engine = load_engine(args.model, device=args.device, dtype=args.dtype, config=args.config)
         session = TrackingSession(frames, engine=engine)
         loaded = time.perf_counter()
         if args.start is not None and args.start >= session.num_frames:
@@ -406,7 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         set_threads(args.threads)
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, config=args.config)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.warning(
             "serving on %s: anyone who can reach it can open the videos in %s, with no "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 from vidseg.engines.base import Engine
 from vidseg.errors import ModelError
 
@@ -9,13 +12,18 @@ BUILTIN = "builtin"
 
 
 def load_engine(
-    model: str = BUILTIN, *, device: str | None = None, dtype: str | None = None
+    model: str = BUILTIN,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    config: str | Path | None = None,
 ) -> Engine:
     """The engine called ``model``: ``builtin`` (default), a name from
     :data:`vidseg.engines.hf.MODELS` (``sam2.1-hiera-tiny``, ``edgetam``, ``sam3-tracker``,
     ...) or the folder of a transformers checkpoint. ``device`` (``cpu``, ``cuda``; default:
     CUDA when present) and ``dtype`` (``float32``, ``bfloat16``, ``float16``) apply to the
-    transformers models.
+    transformers models; ``config``, a TOML file of built-in engine settings that override
+    its defaults (``src/vidseg/engines/builtin/default.toml`` lists them), to the built-in one.
 
     >>> load_engine().name
     'builtin'
@@ -28,7 +36,13 @@ def load_engine(
             )
         from vidseg.engines.builtin import BuiltinEngine
 
-        return BuiltinEngine.shared()
+        if config is None:
+            return BuiltinEngine.shared()
+        return BuiltinEngine(_read_builtin_config(Path(config)))
+    if config is not None:
+        raise ModelError(
+            "--config sets the built-in engine; transformers models take --device and --dtype"
+        )
     try:
         import transformers  # noqa: F401
     except ImportError as exc:
@@ -39,3 +53,28 @@ def load_engine(
     from vidseg.engines.hf import HFEngine
 
     return HFEngine.load(model, device=device, dtype=dtype)
+
+
+def _read_builtin_config(path: Path):
+    """The built-in engine's defaults with the settings of the TOML file at ``path``."""
+    from vidseg.engines.builtin import BuiltinConfig
+
+    try:
+        with open(path, "rb") as file:
+            settings = tomllib.load(file)
+    except OSError as exc:
+        raise ModelError(f"--config '{path}': cannot read it ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError(f"--config '{path}' is not valid TOML: {exc}") from exc
+    loose = [name for name, value in settings.items() if not isinstance(value, dict)]
+    if loose:
+        raise ModelError(
+            f"--config '{path}': {', '.join(loose)} must go in a section such as [prompts] "
+            "(vidseg's engines/builtin/default.toml lists them)"
+        )
+    try:
+        return BuiltinConfig.load(overrides=settings)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(
+            f"--config '{path}': {exc} (vidseg's engines/builtin/default.toml lists the settings)"
+        ) from exc

@@ -109,10 +109,8 @@ class PresenceConfig:
     # the object is judged absent when it falls under min_object_match times its usual value
     # while the mask is under match_max_area of the prompted area. That catches a "ghost":
     # another object, in a new scene or in front of the target, that the read-out took for
-    # it. 0 disables: since 0.7.0 the tracker, trained with more cuts and occluders, reports
-    # absence by itself, and the check cost more J&F than it gained on held-out sequences
-    # (docs/BENCHMARKS.md, "presence-holdout").
-    min_object_match: float = 0.0
+    # it. 0 disables.
+    min_object_match: float = 0.3
     match_max_area: float = 0.7
 
 
