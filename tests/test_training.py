@@ -242,3 +242,21 @@ def test_iterative_training_clicks_on_the_decoders_own_errors(sequence) -> None:
     for example in examples:
         assert len(example.positive) + len(example.negative) == 4
         assert example.current is not None and example.current.shape == truth.shape
+
+
+def test_empty_truth_can_leave_the_dice_term_out() -> None:
+    """``--no-empty-dice``: on a frame whose truth is empty, Dice would push every logit down
+    however little mass is left; with weight 0 there only the cross-entropy remains, and a
+    non-empty frame keeps its Dice."""
+    logit = torch.full((2, 1, 8, 8), -2.0)
+    target = torch.zeros(2, 1, 8, 8)
+    target[1, :, 2:6, 2:6] = 1.0
+    cross_entropy = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+    with_dice = train_tracker.segmentation_loss(logit, target, 1.0)
+    without = train_tracker.segmentation_loss(logit, target, 1.0, torch.tensor([0.0, 1.0]))
+    only_visible = train_tracker.segmentation_loss(logit[1:], target[1:], 1.0)
+    dice_visible = only_visible - torch.nn.functional.binary_cross_entropy_with_logits(
+        logit[1:], target[1:]
+    )
+    assert with_dice > without > cross_entropy
+    assert torch.isclose(without, cross_entropy + dice_visible / 2)

@@ -337,9 +337,13 @@ def clip_logits(
     return mask_logits, presence_logits
 
 
-def clip_loss(network: TrackingNetwork, batch: Batch, hard_fraction: float) -> torch.Tensor:
+def clip_loss(
+    network: TrackingNetwork, batch: Batch, hard_fraction: float, empty_dice: bool = True
+) -> torch.Tensor:
     """Mean over the clip's predicted frames of the mask loss (:func:`segmentation_loss`) and
-    the presence loss (binary cross-entropy on "the object shows in the crop")."""
+    the presence loss (binary cross-entropy on "the object shows in the crop").
+    ``empty_dice=False`` leaves the Dice term out where the truth is empty (the object cut
+    away or hidden), where it drives every logit down, not only the ghost's."""
     mask_logits, presence_logits = clip_logits(network, batch)
     loss = torch.zeros(())
     for t, (mask_logit, presence_logit) in enumerate(
@@ -347,15 +351,21 @@ def clip_loss(network: TrackingNetwork, batch: Batch, hard_fraction: float) -> t
     ):
         truth = batch.masks[:, t + 1]
         visible = (truth.flatten(1).sum(1) >= MIN_VISIBLE_PIXELS).float()
-        loss = loss + segmentation_loss(mask_logit, F.avg_pool2d(truth, 2), hard_fraction)
+        loss = loss + segmentation_loss(
+            mask_logit, F.avg_pool2d(truth, 2), hard_fraction, None if empty_dice else visible
+        )
         loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(presence_logit, visible)
     return loss / len(mask_logits)
 
 
 def segmentation_loss(
-    logit: torch.Tensor, target: torch.Tensor, hard_fraction: float
+    logit: torch.Tensor,
+    target: torch.Tensor,
+    hard_fraction: float,
+    dice_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Bootstrapped cross-entropy (the hardest ``hard_fraction`` of pixels) plus soft Dice."""
+    """Bootstrapped cross-entropy (the hardest ``hard_fraction`` of pixels) plus soft Dice,
+    the Dice term weighted per sample by ``dice_weight`` (B,) when given."""
     pixel_loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none").flatten(1)
     if hard_fraction < 1.0:
         count = max(1, int(pixel_loss.shape[1] * hard_fraction))
@@ -363,6 +373,8 @@ def segmentation_loss(
     probability = torch.sigmoid(logit).flatten(1)
     target = target.flatten(1)
     dice = 1 - (2 * (probability * target).sum(1) + 1) / (probability.sum(1) + target.sum(1) + 1)
+    if dice_weight is not None:
+        dice = dice * dice_weight
     return pixel_loss.mean() + dice.mean()
 
 
@@ -430,7 +442,7 @@ def train(arguments: argparse.Namespace) -> None:
                 features = getattr(batch, name)
                 dropped = F.dropout2d(features.flatten(0, 1), arguments.feature_dropout)
                 setattr(batch, name, dropped.unflatten(0, features.shape[:2]))
-        loss = clip_loss(network, batch, hard_fraction)
+        loss = clip_loss(network, batch, hard_fraction, arguments.empty_dice)
         return loss, f"gap {max_gap:2d}"
 
     fit(network, batch_loss, arguments.steps, arguments.lr)
@@ -484,6 +496,12 @@ if __name__ == "__main__":
         type=float,
         default=ABSENCE_PROBABILITY,
         help="chance that a predicted frame is a cut, and again that it gets an occluder",
+    )
+    parser.add_argument(
+        "--empty-dice",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the Dice term on frames whose truth is empty (--no-empty-dice: leave it out)",
     )
     parser.add_argument(
         "--scales",
