@@ -505,3 +505,36 @@ def test_serve_refuses_a_missing_allowed_folder(tmp_path, capsys):
     assert main(["serve", "--allow-dir", str(tmp_path / "missing")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "is not a folder" in error
+
+
+DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016"
+
+
+@pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")
+def test_web_app_with_the_learned_prompt_decoder_on_real_frames(tmp_path):
+    """``vidseg serve --config`` with ``[prompts] decoder = "learned"``: clicks and boxes sent
+    through the API reach the learned decoder and select the cow that was meant."""
+    from vidseg.engines.loading import load_engine
+    from vidseg.evaluation import read_mask
+
+    config = tmp_path / "engine.toml"
+    config.write_text('[prompts]\ndecoder = "learned"\n')
+    engine = load_engine(config=config)
+    assert engine._prompt_decoder is None  # loaded on first use
+    folder = tmp_path / "cows"
+    folder.mkdir()
+    for index in range(3):
+        name = f"{index:05d}.jpg"
+        (folder / name).write_bytes((DAVIS / "JPEGImages" / "480p" / "cows" / name).read_bytes())
+    truth = read_mask(DAVIS / "Annotations" / "480p" / "cows" / "00000.png") > 0
+    with TestClient(create_app(tmp_path / "data", engine, allow_dirs=[tmp_path])) as client:
+        api = f"/api/sessions/{open_clip(client, folder)}"
+        for obj_id, prompt in (
+            (1, {"box": bounding_box(truth)}),
+            (2, {"points": [interior_point(truth)]}),
+        ):
+            client.post(f"{api}/objects", json={"name": f"cow {obj_id}"})
+            answer = client.post(f"{api}/frames/0/prompts", json={"obj_id": obj_id, **prompt})
+            assert answer.status_code == 200, answer.text
+            assert iou(object_mask(answer.json(), obj_id), truth) > {1: 0.85, 2: 0.7}[obj_id]
+    assert engine._prompt_decoder is not None  # the prompts went through it
