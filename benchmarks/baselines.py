@@ -319,6 +319,14 @@ def config_variant(key: str) -> tuple[str, dict[str, dict], str]:
     return base, overrides, ", ".join(shown)
 
 
+def merged_overrides(base: dict[str, dict], variant: dict[str, dict]) -> dict[str, dict]:
+    """``base`` config overrides with ``variant``'s on top, section by section."""
+    merged = {section: dict(settings) for section, settings in base.items()}
+    for section, settings in variant.items():
+        merged.setdefault(section, {}).update(settings)
+    return merged
+
+
 def method_spec(key: str) -> MethodSpec:
     """The method registered under ``key``, or the vidseg engine with config overrides when
     ``key`` reads ``vidseg+SECTION.SETTING=VALUE[+...]``.

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import config_variant  # noqa: E402
+from baselines import config_variant, merged_overrides  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -202,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         if base not in ENGINES:
             parser.error(f"unknown engine {base!r}: choose among {', '.join(ENGINES)}")
         name, overrides = ENGINES[base]
-        for section, settings in variant.items():
-            overrides = {**overrides, section: {**overrides.get(section, {}), **settings}}
         label = f"{name}, {shown}" if shown else name
-        engines[key] = (label, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
+        settings = merged_overrides(overrides, variant)
+        engines[key] = (label, BuiltinEngine(BuiltinConfig.load(overrides=settings)))
     for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:

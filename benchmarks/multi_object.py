@@ -27,7 +27,12 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import PREVIOUS_RELEASE, previous_release_overrides  # noqa: E402
+from baselines import (  # noqa: E402
+    PREVIOUS_RELEASE,
+    config_variant,
+    merged_overrides,
+    previous_release_overrides,
+)
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -138,7 +143,12 @@ def run(engine, frames: list[np.ndarray], labels: list[np.ndarray], count: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", default="1,2,4,8")
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="comma-separated, among " + ", ".join(ENGINES) + ", each optionally with "
+        "+SECTION.SETTING=VALUE config overrides",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
     parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
     args = parser.parse_args(argv)
@@ -150,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     rows, stage_rows = [], []
     stage_names: list[str] = []
     for key in args.engines.split(","):
-        name, overrides = ENGINES[key]
-        builtin = BuiltinEngine(BuiltinConfig.load(overrides=overrides()))
+        base, variant, shown = config_variant(key)
+        if base not in ENGINES:
+            parser.error(f"unknown engine {base!r}: choose among {', '.join(ENGINES)}")
+        name, overrides = ENGINES[base]
+        name = f"{name} ({shown})" if shown else name
+        settings = merged_overrides(overrides(), variant)
+        builtin = BuiltinEngine(BuiltinConfig.load(overrides=settings))
         for count in counts:
             frames, labels = composite_clip(args.data, sequences, count)
             engine = RecordingEngine(builtin)
