@@ -319,12 +319,25 @@ def config_variant(key: str) -> tuple[str, dict[str, dict], str]:
     return base, overrides, ", ".join(shown)
 
 
-def merged_overrides(base: dict[str, dict], variant: dict[str, dict]) -> dict[str, dict]:
-    """``base`` config overrides with ``variant``'s on top, section by section."""
-    merged = {section: dict(settings) for section, settings in base.items()}
+def engine_variant(
+    key: str, engines: dict[str, tuple[str, Callable[[], dict[str, dict]]]]
+) -> tuple[str, dict[str, dict]]:
+    """(label for tables, config overrides) of ``key``: an entry of ``engines`` (name ->
+    (label, function giving its overrides)), optionally with ``+SECTION.SETTING=VALUE``
+    overrides on top, section by section.
+
+    >>> small = {"small": ("Small", lambda: {"encoder": {"long_side": 448}})}
+    >>> engine_variant("small+encoder.threads=1", small)
+    ('Small (encoder.threads=1)', {'encoder': {'long_side': 448, 'threads': 1}})
+    """
+    base, variant, shown = config_variant(key)
+    if base not in engines:
+        raise ValueError(f"unknown engine {base!r}: choose among {', '.join(engines)}")
+    label, base_overrides = engines[base]
+    overrides = {section: dict(settings) for section, settings in base_overrides().items()}
     for section, settings in variant.items():
-        merged.setdefault(section, {}).update(settings)
-    return merged
+        overrides.setdefault(section, {}).update(settings)
+    return (f"{label} ({shown})" if shown else label), overrides
 
 
 def method_spec(key: str) -> MethodSpec:

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import config_variant, merged_overrides  # noqa: E402
+from baselines import engine_variant  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -69,11 +69,12 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else float((prediction & truth).sum() / union)
 
 
+# Each engine: its name in tables and a function giving its config overrides.
 ENGINES = {
-    "vidseg": ("vidseg (default: feature similarity + GrabCut)", {}),
+    "vidseg": ("vidseg (default: feature similarity + GrabCut)", dict),
     "vidseg-learned": (
-        "vidseg, learned prompt decoder (experimental)",
-        {"prompts": {"decoder": "learned"}},
+        "vidseg, learned prompt decoder (opt-in)",
+        lambda: {"prompts": {"decoder": "learned"}},
     ),
 }
 
@@ -198,13 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     summary, rows = [], {}
     engines = {}
     for key in args.engines.split(","):
-        base, variant, shown = config_variant(key)
-        if base not in ENGINES:
-            parser.error(f"unknown engine {base!r}: choose among {', '.join(ENGINES)}")
-        name, overrides = ENGINES[base]
-        label = f"{name}, {shown}" if shown else name
-        settings = merged_overrides(overrides, variant)
-        engines[key] = (label, BuiltinEngine(BuiltinConfig.load(overrides=settings)))
+        try:
+            name, overrides = engine_variant(key, ENGINES)
+        except ValueError as error:
+            parser.error(str(error))
+        engines[key] = (name, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
     for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:

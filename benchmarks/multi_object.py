@@ -27,12 +27,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import (  # noqa: E402
-    PREVIOUS_RELEASE,
-    config_variant,
-    merged_overrides,
-    previous_release_overrides,
-)
+from baselines import PREVIOUS_RELEASE, engine_variant, previous_release_overrides  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -160,13 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, stage_rows = [], []
     stage_names: list[str] = []
     for key in args.engines.split(","):
-        base, variant, shown = config_variant(key)
-        if base not in ENGINES:
-            parser.error(f"unknown engine {base!r}: choose among {', '.join(ENGINES)}")
-        name, overrides = ENGINES[base]
-        name = f"{name} ({shown})" if shown else name
-        settings = merged_overrides(overrides(), variant)
-        builtin = BuiltinEngine(BuiltinConfig.load(overrides=settings))
+        try:
+            name, overrides = engine_variant(key, ENGINES)
+        except ValueError as error:
+            parser.error(str(error))
+        builtin = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
         for count in counts:
             frames, labels = composite_clip(args.data, sequences, count)
             engine = RecordingEngine(builtin)

@@ -72,10 +72,10 @@ def _read_builtin_config(path: Path):
             f"--config '{path}': {', '.join(loose)} must go in a section such as [prompts] "
             "(vidseg's engines/builtin/default.toml lists them)"
         )
-    for section in ("tracker", "prompts"):  # weights files: relative to the config file
-        weights = settings.get(section, {}).get("weights")
+    for values in settings.values():  # a weights file is found relative to the config file
+        weights = values.get("weights")
         if isinstance(weights, str) and weights and not Path(weights).is_absolute():
-            settings[section]["weights"] = str(path.parent / weights)
+            values["weights"] = str(path.parent / weights)
     try:
         return BuiltinConfig.load(overrides=settings)
     except (ValueError, TypeError) as exc:
