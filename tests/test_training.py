@@ -260,3 +260,60 @@ def test_empty_truth_can_leave_the_dice_term_out() -> None:
     )
     assert with_dice > without > cross_entropy
     assert torch.isclose(without, cross_entropy + dice_visible / 2)
+
+
+def test_photometric_jitter_recolours_frames_but_keeps_their_geometry() -> None:
+    """The photometric cache variants: colours, brightness and sharpness change, the scene's
+    layout (hence the mask) does not, and a variant is reproducible from its seed."""
+    import cv2
+    import feature_cache
+
+    video = render_synthetic_video(num_frames=1, width=192, height=128, seed=2)
+    frame = video.frames[0]
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(float).ravel()
+    changes = []
+    for seed in range(6):
+        jittered = feature_cache.photometric_jitter(frame, np.random.default_rng(seed))
+        again = feature_cache.photometric_jitter(frame, np.random.default_rng(seed))
+        assert jittered.shape == frame.shape and jittered.dtype == np.uint8
+        assert np.array_equal(jittered, again)
+        jittered_gray = cv2.cvtColor(jittered, cv2.COLOR_RGB2GRAY).astype(float).ravel()
+        assert np.corrcoef(gray, jittered_gray)[0, 1] > 0.8  # same layout
+        changes.append(np.abs(jittered.astype(float) - frame).mean())
+    assert min(changes) > 2 and np.mean(changes) > 8  # visibly re-photographed
+    cache = Path("/cache")
+    assert feature_cache.cache_path(cache, "bear", 576).name == "bear-576.pt"
+    assert feature_cache.cache_path(cache, "bear", 576, 2).name == "bear-576-photo2.pt"
+
+
+def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence) -> None:
+    """Each clip frame takes a variant's features with the given chance; masks stay the
+    frames' own. The variant here is the features plus 1000, to tell it apart."""
+    variant = {name: getattr(sequence, name) + 1000 for name in ("stride4", "stride8", "stride16")}
+    with_variant = train_tracker.Sequence(
+        "synthetic-variants",
+        sequence.stride4,
+        sequence.stride8,
+        sequence.stride16,
+        sequence.masks,
+        variants=[variant],
+    )
+    shifted = {}
+    for probability in (0.0, 0.5, 1.0):
+        batch = train_tracker.sample_batch(
+            [with_variant],
+            np.random.default_rng(4),
+            batch_size=16,
+            max_gap=3,
+            crop_cells=(6, 8),
+            absence_probability=0.0,
+            photometric_probability=probability,
+        )
+        from_variant = batch.stride16.flatten(2).mean(2) > 500  # (clips, frames)
+        # All maps of a frame come from the same variant.
+        assert torch.equal(from_variant, batch.stride4.flatten(2).mean(2) > 500)
+        assert torch.equal(from_variant, batch.stride8.flatten(2).mean(2) > 500)
+        assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
+        shifted[probability] = from_variant.float().mean().item()
+    assert shifted[0.0] == 0.0 and shifted[1.0] == 1.0
+    assert 0.25 < shifted[0.5] < 0.75

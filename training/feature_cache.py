@@ -6,11 +6,14 @@ float16: training then only runs the small learned network.
 
     python training/feature_cache.py                  # writes training/cache/<sequence>-576.pt
     python training/feature_cache.py --long-side 448  # the same at another scale
+    python training/feature_cache.py --photometric 1  # <sequence>-576-photo1.pt: recoloured,
+                                                      # blurred, noisy and JPEG-compressed frames
 """
 
 from __future__ import annotations
 
 import argparse
+import zlib
 from pathlib import Path
 
 import cv2
@@ -31,11 +34,49 @@ def train_sequences(davis_root: Path) -> list[str]:
     return (davis_root / "ImageSets" / "2016" / "train.txt").read_text().split()
 
 
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A randomly re-photographed RGB uint8 frame: brightness, contrast, saturation, hue and
+    gamma changed, then, each with a 30% chance, Gaussian blur, sensor noise and JPEG
+    compression. The object does not move, so the frame's mask still holds. This is the
+    colour augmentation that a frozen encoder with cached features otherwise rules out."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-6, 6)) % 180  # OpenCV hue: 0..180
+    hsv[..., 1] *= rng.uniform(0.5, 1.5)
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    out = out.astype(np.float32) / 255
+    out = (out - out.mean()) * rng.uniform(0.6, 1.4) + out.mean() * rng.uniform(0.6, 1.4)
+    out = np.clip(out, 0, 1) ** rng.uniform(0.7, 1.4) * 255
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 2.0))
+    if rng.random() < 0.3:
+        out = out + rng.normal(0, rng.uniform(2, 10), out.shape)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        quality = int(rng.integers(15, 60))
+        _, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    return out
+
+
+def cache_path(cache_dir: Path, name: str, long_side: int, photometric: int = 0) -> Path:
+    """Where a sequence's features are cached: ``<name>-<long side>.pt``, and
+    ``<name>-<long side>-photo<k>.pt`` for its ``k``-th photometric variant."""
+    suffix = f"-photo{photometric}" if photometric else ""
+    return cache_dir / f"{name}-{long_side}{suffix}.pt"
+
+
 def encode_sequence(
-    encoder: EfficientNetLite0Encoder, davis_root: Path, name: str, long_side: int
+    encoder: EfficientNetLite0Encoder,
+    davis_root: Path,
+    name: str,
+    long_side: int,
+    photometric: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Features at strides 4/8/16 and masks at the encoder's input size, for the frames as they
-    are and mirrored: tensors shaped (2, T, ...) with index 0 = original, 1 = mirrored."""
+    are and mirrored: tensors shaped (2, T, ...) with index 0 = original, 1 = mirrored. With
+    ``photometric`` = k > 0, each frame first goes through :func:`photometric_jitter`, drawn
+    anew per frame from a generator seeded by k and the sequence's name."""
+    rng = np.random.default_rng([photometric, zlib.crc32(name.encode())])
     mask_dir = davis_root / "Annotations" / "480p" / name
     features: dict[str, list[torch.Tensor]] = {"stride4": [], "stride8": [], "stride16": []}
     masks = []
@@ -43,6 +84,8 @@ def encode_sequence(
         height, width = encoder_input_size(frames.info.height, frames.info.width, long_side)
         for index, frame in enumerate(frames):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            if photometric:
+                small = photometric_jitter(small, rng)
             mask = read_mask(mask_dir / f"{index:05d}.png") > 0
             small_mask = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
             images = torch.from_numpy(np.stack([small, small[:, ::-1]])).permute(0, 3, 1, 2)
@@ -57,19 +100,25 @@ def encode_sequence(
 
 
 def build_cache(
-    davis_root: Path = DAVIS_ROOT, cache_dir: Path = CACHE_DIR, long_side: int | None = None
+    davis_root: Path = DAVIS_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    long_side: int | None = None,
+    photometric: int = 0,
 ) -> list[Path]:
     """Encode every train sequence not cached yet, with the encoder's input scaled to
-    ``long_side`` (default: the engine's); return the cache files in train-list order."""
+    ``long_side`` (default: the engine's), and re-photographed by :func:`photometric_jitter`
+    for ``photometric`` > 0 (the variant's number); return the cache files in train-list
+    order."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     long_side = long_side or BuiltinConfig.load().encoder.long_side
     encoder = EfficientNetLite0Encoder.pretrained()
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
-        path = cache_dir / f"{name}-{long_side}.pt"
+        path = cache_path(cache_dir, name, long_side, photometric)
         if not path.exists():
             partial = path.with_suffix(".partial")
-            torch.save(encode_sequence(encoder, davis_root, name, long_side), partial)
+            encoded = encode_sequence(encoder, davis_root, name, long_side, photometric)
+            torch.save(encoded, partial)
             partial.rename(path)
         paths.append(path)
     return paths
@@ -82,6 +131,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--long-side", type=int, default=None, help="encoder input size (default: the engine's)"
     )
+    parser.add_argument(
+        "--photometric",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cache photometric variant K (> 0) of every frame instead of the frames as they are",
+    )
     arguments = parser.parse_args()
     torch.manual_seed(0)
-    build_cache(arguments.davis_root, arguments.cache_dir, arguments.long_side)
+    build_cache(
+        arguments.davis_root, arguments.cache_dir, arguments.long_side, arguments.photometric
+    )

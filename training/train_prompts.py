@@ -233,7 +233,9 @@ def train(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
     paths = build_cache(arguments.davis_root, arguments.cache_dir)
-    sequences = load_sequences(without_held_out(paths) if arguments.hold_out else paths)
+    sequences = load_sequences(
+        paths if arguments.hold_out is None else without_held_out(paths, arguments.hold_out)
+    )
     decoder = PromptDecoder()
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
@@ -289,10 +291,5 @@ if __name__ == "__main__":
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --iterative-clicks, supervise each round's prediction, not only the last",
-    )
-    parser.add_argument(
-        "--hold-out",
-        action="store_true",
-        help="leave every fifth train sequence out, as train_tracker.py --hold-out does",
     )
     train(parser.parse_args())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +42,19 @@ class Sequence:
     stride8: torch.Tensor
     stride16: torch.Tensor
     masks: torch.Tensor  # (2, T, H, W) uint8
+    # Photometric variants of the frames (feature_cache.py --photometric): per variant, the
+    # three feature maps as above; the masks are the same.
+    variants: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
         return self.masks.shape[1]
+
+    def features(self, stride: int, variant: int = 0) -> torch.Tensor:
+        """The features at ``stride`` of the frames as they are (``variant`` 0) or of
+        photometric variant ``variant``."""
+        name = f"stride{stride}"
+        return getattr(self, name) if variant == 0 else self.variants[variant - 1][name]
 
 
 @dataclass
@@ -56,21 +65,36 @@ class Batch:
     masks: torch.Tensor  # (B, CLIP_FRAMES, 1, H, W) float32
 
 
-def load_sequences(paths: list[Path]) -> list[Sequence]:
+def load_sequences(
+    paths: list[Path], variant_paths: list[list[Path]] | None = None
+) -> list[Sequence]:
     """The cached sequences, memory-mapped: the page cache holds them once however many
-    training processes read them (several scales of the cache are over 10 GB)."""
+    training processes read them (several scales of the cache are over 10 GB). With
+    ``variant_paths`` (one list per path), each sequence also gets those photometric
+    variants' features."""
     sequences = []
-    for path in paths:
+    for index, path in enumerate(paths):
         cached = torch.load(path, weights_only=True, mmap=True)
-        sequences.append(Sequence(path.stem, **cached))
+        variants = []
+        for variant_path in variant_paths[index] if variant_paths else []:
+            variant = torch.load(variant_path, weights_only=True, mmap=True)
+            variants.append({name: variant[name] for name in ("stride4", "stride8", "stride16")})
+        sequences.append(Sequence(path.stem, **cached, variants=variants))
     return sequences
 
 
-def without_held_out(paths: list[Path]) -> list[Path]:
-    """Every fifth train sequence left out (``paths`` in train-list order): a held-out part of
-    train on which settings and recipes can be chosen without looking at val
-    (``benchmarks/presence_holdout.py`` tracks the ones left out)."""
-    return [path for i, path in enumerate(paths) if i % 5 != 4]
+HOLD_OUT_FOLDS = 5
+DEFAULT_HOLD_OUT_FOLD = 4
+
+
+def without_held_out(paths: list[Path], fold: int = DEFAULT_HOLD_OUT_FOLD) -> list[Path]:
+    """Every fifth train sequence left out, from the ``fold``-th on (``paths`` in train-list
+    order): a held-out part of train on which settings and recipes can be chosen without
+    looking at val (``benchmarks/presence_holdout.py --fold`` tracks the ones left out). Two
+    folds give 12 held-out sequences, which six alone did not stand in for."""
+    if not 0 <= fold < HOLD_OUT_FOLDS:
+        raise ValueError(f"hold-out fold {fold} is not in 0..{HOLD_OUT_FOLDS - 1}")
+    return [path for i, path in enumerate(paths) if i % HOLD_OUT_FOLDS != fold]
 
 
 def same_scale(sequences: list[Sequence], sequence: Sequence) -> list[Sequence]:
@@ -90,13 +114,17 @@ def sample_batch(
     static_probability: float = 0.0,
     warp_probability: float = 0.0,
     absence_probability: float = ABSENCE_PROBABILITY,
+    photometric_probability: float = 0.0,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
     ``static_probability`` the clip is one frame three times (a static-image sequence, made to
     move by :func:`warp_clip`), with ``warp_probability`` a real clip's frames are warped too;
     with ``distractor_probability`` another sequence's object moves through the clip
-    (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`)."""
+    (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`).
+    With ``photometric_probability``, each frame of the clip is taken from a random
+    photometric variant of the sequence (if it has any) with that chance: the object's look
+    changes between the memory and the query, as under real lighting and compression."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
         "stride8": [],
@@ -118,7 +146,12 @@ def sample_batch(
         cells_high, cells_wide = sequence.stride16.shape[-2:]
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
         left = rng.integers(0, cells_wide - crop_cells[1] + 1)
-        clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells)
+        variants = None
+        if photometric_probability and sequence.variants:
+            # Drawn only when asked for, so that runs without variants stay as they were.
+            variants = rng.integers(1, len(sequence.variants) + 1, size=CLIP_FRAMES)
+            variants[rng.random(CLIP_FRAMES) >= photometric_probability] = 0
+        clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells, variants)
         if static:
             warp_clip(clip, rng, strength=1.0)
         elif warp_probability and rng.random() < warp_probability:
@@ -141,22 +174,27 @@ def crop_clip(
     frames: np.ndarray,
     corner: tuple[int, int],
     crop_cells: tuple[int, int],
+    variants: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """Frames of a sequence cropped to ``crop_cells`` stride-16 cells from ``corner``: float32
-    masks (T, 1, H, W) and features (T, C, h, w) per stride."""
+    masks (T, 1, H, W) and features (T, C, h, w) per stride; ``variants`` gives each frame's
+    photometric variant (0 = as it is; default: all 0)."""
     top, left = corner
+    if variants is None:
+        variants = np.zeros(len(frames), dtype=int)
     clip = {}
     for stride in (1, 4, 8, 16):
         scale = 16 // stride
-        source = sequence.masks[:, :, None] if stride == 1 else getattr(sequence, f"stride{stride}")
-        name = "masks" if stride == 1 else f"stride{stride}"
-        clip[name] = source[
-            mirror,
-            frames,
-            :,
-            top * scale : (top + crop_cells[0]) * scale,
-            left * scale : (left + crop_cells[1]) * scale,
-        ].float()
+        rows = slice(top * scale, (top + crop_cells[0]) * scale)
+        cols = slice(left * scale, (left + crop_cells[1]) * scale)
+        if stride == 1:
+            clip["masks"] = sequence.masks[mirror, frames, None, rows, cols].float()
+            continue
+        windows = [
+            sequence.features(stride, int(variant))[mirror, int(frame), :, rows, cols]
+            for frame, variant in zip(frames, variants, strict=True)
+        ]
+        clip[f"stride{stride}"] = torch.stack(windows).float()
     return clip
 
 
@@ -409,13 +447,24 @@ def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
-    paths = []
+
+    def kept(scale_paths: list[Path]) -> list[Path]:
+        if arguments.hold_out is None:
+            return scale_paths
+        return without_held_out(scale_paths, arguments.hold_out)
+
+    paths, variant_paths = [], []
     for long_side in arguments.scales:
         # Each scale is the encoder run on the frames resized: true scale augmentation, which
         # warping cached features cannot give.
-        scale_paths = build_cache(arguments.davis_root, arguments.cache_dir, long_side)
-        paths += without_held_out(scale_paths) if arguments.hold_out else scale_paths
-    sequences = load_sequences(paths)
+        scale_paths = kept(build_cache(arguments.davis_root, arguments.cache_dir, long_side))
+        variants = [
+            kept(build_cache(arguments.davis_root, arguments.cache_dir, long_side, k))
+            for k in range(1, arguments.photometric_variants + 1)
+        ]
+        paths += scale_paths
+        variant_paths += [[variant[i] for variant in variants] for i in range(len(scale_paths))]
+    sequences = load_sequences(paths, variant_paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     network = TrackingNetwork()
 
@@ -434,10 +483,11 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.static_probability,
             arguments.warp_probability,
             arguments.absence_probability,
+            arguments.photometric_probability,
         )
         if arguments.feature_dropout:
-            # Frozen features allow no photometric augmentation; dropping whole channels
-            # keeps the small network from leaning on a few of them.
+            # Dropping whole channels of the frozen features keeps the small network from
+            # leaning on a few of them.
             for name in ("stride4", "stride8", "stride16"):
                 features = getattr(batch, name)
                 dropped = F.dropout2d(features.flatten(0, 1), arguments.feature_dropout)
@@ -461,6 +511,15 @@ def training_arguments(description: str, output: Path, steps: int) -> argparse.A
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hold-out",
+        type=int,
+        nargs="?",
+        const=DEFAULT_HOLD_OUT_FOLD,
+        metavar="FOLD",
+        help="leave every fifth train sequence out, from the FOLD-th (0-4, default "
+        f"{DEFAULT_HOLD_OUT_FOLD}), to choose recipes and settings on them",
+    )
     return parser
 
 
@@ -504,14 +563,22 @@ if __name__ == "__main__":
         help="keep the Dice term on frames whose truth is empty (--no-empty-dice: leave it out)",
     )
     parser.add_argument(
+        "--photometric-variants",
+        type=int,
+        default=0,
+        help="photometric variants of the cache to build and train on (feature_cache.py "
+        "--photometric 1..N; about 7 minutes and 4.4 GB each)",
+    )
+    parser.add_argument(
+        "--photometric-probability",
+        type=float,
+        default=0.5,
+        help="with --photometric-variants, the chance that a clip frame comes from a variant",
+    )
+    parser.add_argument(
         "--scales",
         type=lambda text: [int(size) for size in text.split(",")],
         default=[BuiltinConfig.load().encoder.long_side],
         help="encoder input sizes (long side, px) to cache and train on, e.g. 448,576,704",
-    )
-    parser.add_argument(
-        "--hold-out",
-        action="store_true",
-        help="leave every fifth train sequence out (to choose inference settings on them)",
     )
     train(parser.parse_args())
