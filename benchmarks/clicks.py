@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=int, default=1, help="evenly spaced frames per sequence (1: the first)"
     )
     args = parser.parse_args(argv)
+    if args.max_clicks < 5:
+        parser.error(f"--max-clicks {args.max_clicks}: the table reports mIoU@5, use 5 or more")
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import read_mask
 
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Per sequence, IoU@1 / NoC@85 / NoC@90, engines in the order above:",
             "",
-            "| sequence | " + " | ".join(key.split("+")[0] for key in engines) + " |",
+            "| sequence | " + " | ".join(engines) + " |",
             "| --- | " + " | ".join("---:" for _ in engines) + " |",
             *[f"| {sequence} | " + " | ".join(cells) + " |" for sequence, cells in rows.items()],
             "",

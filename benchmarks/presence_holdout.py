@@ -6,6 +6,7 @@ was chosen and set.
 
     python training/train_tracker.py --hold-out --output /tmp/hold_out.pt   # about 45 min
     python benchmarks/presence_holdout.py --weights /tmp/hold_out.pt --settings "0;0.3"
+    python benchmarks/presence_holdout.py --fold 3 --weights /tmp/fold3.pt   # --hold-out 3
     python benchmarks/presence_holdout.py --weights /tmp/a.pt,/tmp/b.pt \
         --settings "min_object_match=0.3,match_max_area=0.7;min_object_match=0.3,match_max_area=1"
 
@@ -27,11 +28,10 @@ from common import DEFAULT_DAVIS, open_sequence, read_sequence_list  # noqa: E40
 from occlusion import occluded_clip, score  # noqa: E402
 
 
-def held_out(davis_root: Path) -> list[str]:
-    """The sequences ``train_tracker.py --hold-out`` trains without (same rule)."""
-    return [
-        name for i, name in enumerate(sorted(read_sequence_list(davis_root, "train"))) if i % 5 == 4
-    ]
+def held_out(davis_root: Path, fold: int = 4) -> list[str]:
+    """The sequences ``train_tracker.py --hold-out FOLD`` trains without (same rule)."""
+    train = sorted(read_sequence_list(davis_root, "train"))
+    return [name for i, name in enumerate(train) if i % 5 == fold]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         default="0;0.3",
         help="[presence] settings separated by ';', each a min_object_match value or "
         "key=value pairs separated by ','",
+    )
+    parser.add_argument(
+        "--fold", type=int, default=4, help="the hold-out fold the weights were trained without"
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
     args = parser.parse_args(argv)
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             engines[label] = engine
     train = sorted(read_sequence_list(args.data, "train"))
     results: dict[str, dict[str, list]] = {label: {"plain": [], "gaps": []} for label in engines}
-    for number, sequence in enumerate(held_out(args.data)):
+    for number, sequence in enumerate(held_out(args.data, args.fold)):
         frames = list(open_sequence(args.data, sequence))
         folder = args.data / "Annotations" / "480p" / sequence
         masks = [read_mask(folder / f"{i:05d}.png") > 0 for i in range(len(frames))]

@@ -245,9 +245,9 @@ def test_iterative_training_clicks_on_the_decoders_own_errors(sequence) -> None:
 
 
 def test_empty_truth_can_leave_the_dice_term_out() -> None:
-    """``--no-empty-dice``: on a frame whose truth is empty, Dice would push every logit down
-    however little mass is left; with weight 0 there only the cross-entropy remains, and a
-    non-empty frame keeps its Dice."""
+    """``--absent-mask-loss cross-entropy``: on a frame whose truth is empty, Dice would push
+    every logit down however little mass is left; with weight 0 there only the cross-entropy
+    remains, and a non-empty frame keeps its Dice."""
     logit = torch.full((2, 1, 8, 8), -2.0)
     target = torch.zeros(2, 1, 8, 8)
     target[1, :, 2:6, 2:6] = 1.0
@@ -260,6 +260,36 @@ def test_empty_truth_can_leave_the_dice_term_out() -> None:
     )
     assert with_dice > without > cross_entropy
     assert torch.isclose(without, cross_entropy + dice_visible / 2)
+
+
+def test_absent_frames_can_go_without_mask_loss(sequence) -> None:
+    """``--absent-mask-loss none``: a sample whose truth is empty adds no mask loss at all,
+    the others count as before; on clips the three settings rank as full > cross-entropy >
+    none when a frame is empty (a cut), and agree when none is."""
+    logit = torch.full((2, 1, 8, 8), -1.0)
+    target = torch.zeros(2, 1, 8, 8)
+    target[1, :, 2:6, 2:6] = 1.0
+    visible = torch.tensor([0.0, 1.0])
+    weighted = train_tracker.segmentation_loss(logit, target, 1.0, sample_weight=visible)
+    only_visible = train_tracker.segmentation_loss(logit[1:], target[1:], 1.0)
+    assert torch.isclose(weighted, only_visible / 2)
+
+    torch.manual_seed(0)
+    network = TrackingNetwork()
+    batch = train_tracker.sample_batch(
+        [sequence], np.random.default_rng(2), 2, 2, (6, 8), absence_probability=0.0
+    )
+    losses = [train_tracker.clip_loss(network, batch, 1.0, kind) for kind in ("full", "none")]
+    assert torch.isclose(losses[0], losses[1])  # every frame shows the object
+    batch.masks[:, 1:] = 0  # the object cut away from the predicted frames
+    batch.stride16[:, 1:] = batch.stride16[:, 1:].flip(-1)
+    losses = [
+        train_tracker.clip_loss(network, batch, 1.0, kind)
+        for kind in train_tracker.ABSENT_MASK_LOSSES
+    ]
+    assert losses[0] > losses[1] > losses[2] > 0  # the presence loss remains
+    with pytest.raises(ValueError, match="absent_mask_loss"):
+        train_tracker.clip_loss(network, batch, 1.0, "dice")
 
 
 def test_photometric_jitter_recolours_frames_but_keeps_their_geometry() -> None:

@@ -375,13 +375,25 @@ def clip_logits(
     return mask_logits, presence_logits
 
 
+# What the mask loss does on a predicted frame where the object is not visible (cut away or
+# hidden): "full" (cross-entropy and Dice towards an empty mask), "cross-entropy" (no Dice,
+# which there drives every logit down, not only the ghost's) or "none" (no mask loss at all:
+# only the presence head learns absence, as SAM 2 supervises masks only where the object is).
+ABSENT_MASK_LOSSES = ("full", "cross-entropy", "none")
+
+
 def clip_loss(
-    network: TrackingNetwork, batch: Batch, hard_fraction: float, empty_dice: bool = True
+    network: TrackingNetwork,
+    batch: Batch,
+    hard_fraction: float,
+    absent_mask_loss: str = "full",
 ) -> torch.Tensor:
     """Mean over the clip's predicted frames of the mask loss (:func:`segmentation_loss`) and
-    the presence loss (binary cross-entropy on "the object shows in the crop").
-    ``empty_dice=False`` leaves the Dice term out where the truth is empty (the object cut
-    away or hidden), where it drives every logit down, not only the ghost's."""
+    the presence loss (binary cross-entropy on "the object shows in the crop");
+    ``absent_mask_loss`` (one of :data:`ABSENT_MASK_LOSSES`) is the mask loss where it does
+    not."""
+    if absent_mask_loss not in ABSENT_MASK_LOSSES:
+        raise ValueError(f"absent_mask_loss {absent_mask_loss!r}: one of {ABSENT_MASK_LOSSES}")
     mask_logits, presence_logits = clip_logits(network, batch)
     loss = torch.zeros(())
     for t, (mask_logit, presence_logit) in enumerate(
@@ -389,8 +401,11 @@ def clip_loss(
     ):
         truth = batch.masks[:, t + 1]
         visible = (truth.flatten(1).sum(1) >= MIN_VISIBLE_PIXELS).float()
+        weights = {"full": {}, "cross-entropy": {"dice_weight": visible}}.get(
+            absent_mask_loss, {"sample_weight": visible}
+        )
         loss = loss + segmentation_loss(
-            mask_logit, F.avg_pool2d(truth, 2), hard_fraction, None if empty_dice else visible
+            mask_logit, F.avg_pool2d(truth, 2), hard_fraction, **weights
         )
         loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(presence_logit, visible)
     return loss / len(mask_logits)
@@ -401,9 +416,11 @@ def segmentation_loss(
     target: torch.Tensor,
     hard_fraction: float,
     dice_weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bootstrapped cross-entropy (the hardest ``hard_fraction`` of pixels) plus soft Dice,
-    the Dice term weighted per sample by ``dice_weight`` (B,) when given."""
+    the Dice term weighted per sample by ``dice_weight`` (B,) and the whole by
+    ``sample_weight`` (B,) when given (a mean over the batch either way)."""
     pixel_loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none").flatten(1)
     if hard_fraction < 1.0:
         count = max(1, int(pixel_loss.shape[1] * hard_fraction))
@@ -413,6 +430,8 @@ def segmentation_loss(
     dice = 1 - (2 * (probability * target).sum(1) + 1) / (probability.sum(1) + target.sum(1) + 1)
     if dice_weight is not None:
         dice = dice * dice_weight
+    if sample_weight is not None:
+        return ((pixel_loss.mean(1) + dice) * sample_weight).mean()
     return pixel_loss.mean() + dice.mean()
 
 
@@ -492,7 +511,7 @@ def train(arguments: argparse.Namespace) -> None:
                 features = getattr(batch, name)
                 dropped = F.dropout2d(features.flatten(0, 1), arguments.feature_dropout)
                 setattr(batch, name, dropped.unflatten(0, features.shape[:2]))
-        loss = clip_loss(network, batch, hard_fraction, arguments.empty_dice)
+        loss = clip_loss(network, batch, hard_fraction, arguments.absent_mask_loss)
         return loss, f"gap {max_gap:2d}"
 
     fit(network, batch_loss, arguments.steps, arguments.lr)
@@ -557,10 +576,11 @@ if __name__ == "__main__":
         help="chance that a predicted frame is a cut, and again that it gets an occluder",
     )
     parser.add_argument(
-        "--empty-dice",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep the Dice term on frames whose truth is empty (--no-empty-dice: leave it out)",
+        "--absent-mask-loss",
+        choices=ABSENT_MASK_LOSSES,
+        default="full",
+        help="the mask loss on frames where the object is not visible: cross-entropy and Dice "
+        "(full), cross-entropy only, or none (only the presence head learns absence)",
     )
     parser.add_argument(
         "--photometric-variants",
