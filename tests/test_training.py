@@ -347,3 +347,28 @@ def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence) 
         shifted[probability] = from_variant.float().mean().item()
     assert shifted[0.0] == 0.0 and shifted[1.0] == 1.0
     assert 0.25 < shifted[0.5] < 0.75
+
+
+def test_procedural_frames_hold_one_target_shape_among_others() -> None:
+    """Prompt-decoder frames drawn procedurally: the target is one shape's visible part, other
+    shapes and clutter share the frame, and drawing is reproducible from the seed."""
+    import procedural_shapes
+
+    drawn = []
+    rng = np.random.default_rng(0)
+    while len(drawn) < 8:
+        frame = procedural_shapes.draw_frame(rng, 96, 160)
+        if frame is not None:
+            drawn.append(frame)
+    for image, target in drawn:
+        assert image.shape == (96, 160, 3) and image.dtype == np.uint8
+        assert target.shape == (96, 160) and target.dtype == bool
+        assert 0.01 * target.size <= target.sum() < 0.9 * target.size
+        # The target stands out from what surrounds it, and the rest of the frame is not
+        # one flat colour (other shapes, clutter or texture).
+        assert np.abs(image[target].mean(0) - image[~target].mean(0)).max() > 1
+        assert image[~target].std(0).max() > 5
+    again = procedural_shapes.draw_frame(np.random.default_rng(0), 96, 160)
+    first = procedural_shapes.draw_frame(np.random.default_rng(0), 96, 160)
+    assert again is not None and first is not None
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])

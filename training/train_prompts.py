@@ -19,6 +19,10 @@ rounds of prediction, each adding the benchmark's next click from the decoder's 
 with its prediction as the current mask; with ``--loss-on-every-round`` every round's
 prediction is supervised, so the first click is trained as much as the corrections.
 
+With ``--procedural-sequences K``, K sequences of procedurally drawn frames (textured shapes
+over cluttered textures, ``procedural_shapes.py``) join the train sequences, so that the
+decoder also meets shapes unlike DAVIS's objects.
+
     python training/train_prompts.py     # the shipped recipe: paste 0.5, 3 rounds, every round
 """
 
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from feature_cache import build_cache
+from procedural_shapes import build_procedural_cache
 from train_tracker import (
     fit,
     load_sequences,
@@ -233,9 +238,11 @@ def train(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
     paths = build_cache(arguments.davis_root, arguments.cache_dir)
-    sequences = load_sequences(
-        paths if arguments.hold_out is None else without_held_out(paths, arguments.hold_out)
-    )
+    if arguments.hold_out is not None:
+        paths = without_held_out(paths, arguments.hold_out)
+    # Procedural frames join as sequences of their own, drawn as often as a train sequence.
+    paths += build_procedural_cache(arguments.procedural_sequences, arguments.cache_dir)
+    sequences = load_sequences(paths)
     decoder = PromptDecoder()
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
@@ -285,6 +292,13 @@ if __name__ == "__main__":
         type=int,
         default=3,
         help="up to this many extra clicks per sample, each from the decoder's own errors (RITM)",
+    )
+    parser.add_argument(
+        "--procedural-sequences",
+        type=int,
+        default=0,
+        help="sequences of 150 procedural frames (textured shapes, procedural_shapes.py) "
+        "to train on beside the train sequences",
     )
     parser.add_argument(
         "--loss-on-every-round",
