@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -65,6 +66,37 @@ def cache_path(cache_dir: Path, name: str, long_side: int, photometric: int = 0)
     return cache_dir / f"{name}-{long_side}{suffix}.pt"
 
 
+def encode_frames(
+    encoder: EfficientNetLite0Encoder, frames: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> dict[str, torch.Tensor]:
+    """Features at strides 4/8/16 (float16) and masks (uint8) of (RGB frame, boolean mask)
+    pairs already at the encoder's input size, as they are and mirrored: tensors shaped
+    (2, T, ...) with index 0 = original, 1 = mirrored. The layout of every cache file."""
+    features: dict[str, list[torch.Tensor]] = {"stride4": [], "stride8": [], "stride16": []}
+    masks = []
+    for image, mask in frames:
+        images = torch.from_numpy(np.stack([image, image[:, ::-1]])).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            encoded = encoder(normalize(images.contiguous()))
+        for stride_name in features:
+            features[stride_name].append(getattr(encoded, stride_name).half())
+        mask = mask.astype(np.uint8)
+        masks.append(torch.from_numpy(np.stack([mask, mask[:, ::-1]])))
+    cached = {key: torch.stack(value, 1) for key, value in features.items()}
+    cached["masks"] = torch.stack(masks, 1)
+    return cached
+
+
+def save_cache(path: Path, encode: Callable[[], dict[str, torch.Tensor]]) -> None:
+    """Write ``encode()`` to ``path`` unless it is there, under a temporary name until
+    complete (an interrupted run leaves no half-written cache file)."""
+    if path.exists():
+        return
+    partial = path.with_suffix(".partial")
+    torch.save(encode(), partial)
+    partial.rename(path)
+
+
 def encode_sequence(
     encoder: EfficientNetLite0Encoder,
     davis_root: Path,
@@ -72,31 +104,24 @@ def encode_sequence(
     long_side: int,
     photometric: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Features at strides 4/8/16 and masks at the encoder's input size, for the frames as they
-    are and mirrored: tensors shaped (2, T, ...) with index 0 = original, 1 = mirrored. With
-    ``photometric`` = k > 0, each frame first goes through :func:`photometric_jitter`, drawn
-    anew per frame from a generator seeded by k and the sequence's name."""
+    """A train sequence's frames and masks at the encoder's input size, encoded by
+    :func:`encode_frames`. With ``photometric`` = k > 0, each frame first goes through
+    :func:`photometric_jitter`, drawn anew per frame from a generator seeded by k and the
+    sequence's name."""
     rng = np.random.default_rng([photometric, zlib.crc32(name.encode())])
     mask_dir = davis_root / "Annotations" / "480p" / name
-    features: dict[str, list[torch.Tensor]] = {"stride4": [], "stride8": [], "stride16": []}
-    masks = []
-    with open_frames(davis_root / "videos" / f"{name}.mp4") as frames:
+
+    def resized(frames) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         height, width = encoder_input_size(frames.info.height, frames.info.width, long_side)
         for index, frame in enumerate(frames):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             if photometric:
                 small = photometric_jitter(small, rng)
             mask = read_mask(mask_dir / f"{index:05d}.png") > 0
-            small_mask = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
-            images = torch.from_numpy(np.stack([small, small[:, ::-1]])).permute(0, 3, 1, 2)
-            with torch.inference_mode():
-                encoded = encoder(normalize(images.contiguous()))
-            for stride_name in features:
-                features[stride_name].append(getattr(encoded, stride_name).half())
-            masks.append(torch.from_numpy(np.stack([small_mask, small_mask[:, ::-1]])))
-    cached = {key: torch.stack(value, 1) for key, value in features.items()}
-    cached["masks"] = torch.stack(masks, 1)
-    return cached
+            yield small, cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
+
+    with open_frames(davis_root / "videos" / f"{name}.mp4") as frames:
+        return encode_frames(encoder, resized(frames))
 
 
 def build_cache(
@@ -115,11 +140,10 @@ def build_cache(
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
         path = cache_path(cache_dir, name, long_side, photometric)
-        if not path.exists():
-            partial = path.with_suffix(".partial")
-            encoded = encode_sequence(encoder, davis_root, name, long_side, photometric)
-            torch.save(encoded, partial)
-            partial.rename(path)
+        save_cache(
+            path,
+            lambda name=name: encode_sequence(encoder, davis_root, name, long_side, photometric),
+        )
         paths.append(path)
     return paths
 

@@ -18,16 +18,17 @@ the demo's clip stays a check of content the decoder was not trained on.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from feature_cache import CACHE_DIR
+from feature_cache import CACHE_DIR, encode_frames, save_cache
 from tqdm import tqdm
 
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, encoder_input_size, normalize
+from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, encoder_input_size
 
 FRAMES_PER_SEQUENCE = 150
 
@@ -116,27 +117,20 @@ def draw_frame(
 def encode_procedural(
     encoder: EfficientNetLite0Encoder, seed: int, long_side: int
 ) -> dict[str, torch.Tensor]:
-    """:data:`FRAMES_PER_SEQUENCE` procedural frames with their target masks, encoded like
-    ``feature_cache.encode_sequence`` (original and mirrored, at a DAVIS frame's input size)."""
+    """:data:`FRAMES_PER_SEQUENCE` procedural frames with their target masks, at a DAVIS
+    frame's input size, encoded as the train sequences are (``feature_cache.encode_frames``)."""
     rng = np.random.default_rng([seed, 7])
     height, width = encoder_input_size(480, 854, long_side)
-    features: dict[str, list[torch.Tensor]] = {"stride4": [], "stride8": [], "stride16": []}
-    masks = []
-    while len(masks) < FRAMES_PER_SEQUENCE:
-        drawn = draw_frame(rng, height, width)
-        if drawn is None:
-            continue
-        image, target = drawn
-        images = torch.from_numpy(np.stack([image, image[:, ::-1]])).permute(0, 3, 1, 2)
-        with torch.inference_mode():
-            encoded = encoder(normalize(images.contiguous()))
-        for name in features:
-            features[name].append(getattr(encoded, name).half())
-        target = target.astype(np.uint8)
-        masks.append(torch.from_numpy(np.stack([target, target[:, ::-1]])))
-    cached = {key: torch.stack(value, 1) for key, value in features.items()}
-    cached["masks"] = torch.stack(masks, 1)
-    return cached
+
+    def drawn_frames() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        count = 0
+        while count < FRAMES_PER_SEQUENCE:
+            drawn = draw_frame(rng, height, width)
+            if drawn is not None:
+                count += 1
+                yield drawn
+
+    return encode_frames(encoder, drawn_frames())
 
 
 def build_procedural_cache(
@@ -147,15 +141,10 @@ def build_procedural_cache(
     long_side = long_side or BuiltinConfig.load().encoder.long_side
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = [cache_dir / f"procedural-{seed}-{long_side}.pt" for seed in range(count)]
-    missing = [path for path in paths if not path.exists()]
-    if missing:
+    if not all(path.exists() for path in paths):  # else no need to load the encoder
         encoder = EfficientNetLite0Encoder.pretrained()
         for seed, path in enumerate(tqdm(paths, desc="procedural frames")):
-            if path.exists():
-                continue
-            partial = path.with_suffix(".partial")
-            torch.save(encode_procedural(encoder, seed, long_side), partial)
-            partial.rename(path)
+            save_cache(path, lambda seed=seed: encode_procedural(encoder, seed, long_side))
     return paths
 
 
