@@ -401,11 +401,12 @@ def clip_loss(
     ):
         truth = batch.masks[:, t + 1]
         visible = (truth.flatten(1).sum(1) >= MIN_VISIBLE_PIXELS).float()
-        weights = {"full": {}, "cross-entropy": {"dice_weight": visible}}.get(
-            absent_mask_loss, {"sample_weight": visible}
-        )
         loss = loss + segmentation_loss(
-            mask_logit, F.avg_pool2d(truth, 2), hard_fraction, **weights
+            mask_logit,
+            F.avg_pool2d(truth, 2),
+            hard_fraction,
+            dice_weight=visible if absent_mask_loss == "cross-entropy" else None,
+            sample_weight=visible if absent_mask_loss == "none" else None,
         )
         loss = loss + PRESENCE_WEIGHT * F.binary_cross_entropy_with_logits(presence_logit, visible)
     return loss / len(mask_logits)
