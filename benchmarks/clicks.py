@@ -18,7 +18,7 @@ J&F before and after the correction.
     # choosing a prompt-decoder recipe on the train sequences that --hold-out leaves out:
     python benchmarks/clicks.py --split train --frames 5 --no-video --no-write \
         --sequences bus,elephant,kite-walk,motorbike,soccerball,train \
-        --engines vidseg,vidseg-learned+prompts.weights=a.pt,vidseg-learned+prompts.weights=b.pt
+        --engines vidseg-grabcut,vidseg+prompts.weights=a.pt,vidseg+prompts.weights=b.pt
 
 An engine key is one of ``ENGINES`` or one of them with config overrides appended,
 ``KEY+SECTION.SETTING=VALUE[+...]`` (as in ``davis.py``'s method keys).
@@ -71,10 +71,10 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 # Each engine: its name in tables and a function giving its config overrides.
 ENGINES = {
-    "vidseg": ("vidseg (default: feature similarity + GrabCut)", dict),
-    "vidseg-learned": (
-        "vidseg, learned prompt decoder (opt-in)",
-        lambda: {"prompts": {"decoder": "learned"}},
+    "vidseg": ("vidseg (default: learned prompt decoder)", dict),
+    "vidseg-grabcut": (
+        "vidseg, feature similarity + GrabCut (default up to 0.7.0)",
+        lambda: {"prompts": {"decoder": "grabcut"}},
     ),
 }
 

@@ -508,9 +508,9 @@ def test_config_file_sets_the_builtin_engine(tmp_path: Path) -> None:
     from vidseg.errors import ModelError
 
     config = tmp_path / "engine.toml"
-    config.write_text('[prompts]\ndecoder = "learned"\n\n[presence]\nmin_object_match = 0.3\n')
+    config.write_text('[prompts]\ndecoder = "grabcut"\n\n[presence]\nmin_object_match = 0.3\n')
     engine = load_engine(config=config)
-    assert engine.config.prompts.decoder == "learned" and engine.prompt_decoder is not None
+    assert engine.config.prompts.decoder == "grabcut" and engine.prompt_decoder is None
     assert engine.config.presence.min_object_match == 0.3
     defaults = BuiltinConfig.load()
     assert engine.config.encoder == defaults.encoder and engine.config.memory == defaults.memory

@@ -16,7 +16,7 @@ from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, load_encode
 from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
 from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork
-from vidseg.engines.builtin.prompt_decoder import click_similarity, prompt_maps
+from vidseg.engines.builtin.prompt_decoder import click_similarity, honour_clicks, prompt_maps
 from vidseg.session.prompts import ObjectPrompt
 
 DAVIS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "davis2016"
@@ -28,10 +28,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module", params=["learned", "matching"])
 def engine(request) -> BuiltinEngine:
-    """Both trackers: the learned default and the training-free reference."""
+    """The learned default (tracker and prompt decoder) and the training-free reference (the
+    matching tracker, clicks and boxes through GrabCut)."""
     if request.param == "learned":
         return BuiltinEngine()
-    return BuiltinEngine(BuiltinConfig.load(overrides={"tracker": {"kind": "matching"}}))
+    overrides = {"tracker": {"kind": "matching"}, "prompts": {"decoder": "grabcut"}}
+    return BuiltinEngine(BuiltinConfig.load(overrides=overrides))
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +323,7 @@ def test_learned_prompt_decoder_follows_a_box_and_clicks_on_a_real_frame() -> No
 
     frame = open_frames(DAVIS / "JPEGImages" / "480p" / "cows")[0]
     truth = read_mask(DAVIS / "Annotations" / "480p" / "cows" / "00000.png") > 0
-    engine = BuiltinEngine(BuiltinConfig.load(overrides={"prompts": {"decoder": "learned"}}))
+    engine = BuiltinEngine()
     ys, xs = np.nonzero(truth)
     session = TrackingSession(frame[None], engine=engine)
     assert iou(session.add_box(0, 1, [xs.min(), ys.min(), xs.max(), ys.max()]), truth) > 0.85
@@ -345,6 +347,23 @@ def test_prompt_maps_place_clicks_box_and_current_mask() -> None:
     assert maps[1, 8, 9] == 1 and maps[1, 3, 2] == 0
     assert maps[2, 1:4, 6:10].all() and maps[2].sum() == 12
     assert torch.equal(maps[3], torch.from_numpy(current))
+
+
+def test_an_ignored_click_still_flips_the_spot_it_lands_on() -> None:
+    mask = np.zeros((60, 80), bool)
+    mask[10:50, 10:40] = True  # the decoder's mask; clicks at (x 30, y 30) and (x 65, y 30)
+    points, labels = np.array([[30.0, 30.0], [65.0, 30.0]]), np.array([0, 1])
+    honoured = honour_clicks(mask, points, labels, max_radius=6)
+    assert not honoured[30, 30] and honoured[30, 65]
+    # Each flip is a disc at most max_radius wide, bounded by where the mask changes.
+    removed, added = mask & ~honoured, honoured & ~mask
+    assert removed.sum() == pytest.approx(np.pi * 36, rel=0.15)
+    assert np.abs(np.argwhere(removed) - [30, 30]).max() <= 6
+    assert added.sum() == pytest.approx(np.pi * 36, rel=0.15) and not added[:, :40].any()
+    # Clicks the mask already agrees with change nothing.
+    assert np.array_equal(honour_clicks(honoured, points, labels, max_radius=6), honoured)
+    near_edge = honour_clicks(mask, np.array([[12.0, 30.0]]), np.array([0]), max_radius=6)
+    assert (mask & ~near_edge).sum() < np.pi * 4**2  # 3 px from the edge: a 3-px disc only
 
 
 def test_click_similarity_is_highest_at_the_click(video) -> None:

@@ -170,6 +170,9 @@ def video_processor_class(monkeypatch: pytest.MonkeyPatch):
     return Sam2VideoVideoProcessor
 
 
+# torchvision resizes uint8 natively only where torch dispatches to AVX2: check both branches
+# on any runner, not just the one its CPU picks.
+@pytest.mark.parametrize("cpu_capability", ["AVX2", "AVX512"])
 @pytest.mark.parametrize(
     ("size", "mean", "std"),
     [
@@ -179,8 +182,9 @@ def video_processor_class(monkeypatch: pytest.MonkeyPatch):
     ],
 )
 def test_frames_are_processed_as_by_the_transformers_video_processor(
-    video_processor_class, size: int, mean, std
+    video_processor_class, monkeypatch, cpu_capability: str, size: int, mean, std
 ) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cpu_capability)
     frame = np.random.default_rng(size).integers(0, 256, (480, 854, 3), dtype=np.uint8)
     processor = video_processor_class(
         size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std)

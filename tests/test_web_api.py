@@ -512,14 +512,12 @@ DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016"
 
 @pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")
 def test_web_app_with_the_learned_prompt_decoder_on_real_frames(tmp_path):
-    """``vidseg serve --config`` with ``[prompts] decoder = "learned"``: clicks and boxes sent
-    through the API reach the learned decoder and select the cow that was meant."""
-    from vidseg.engines.loading import load_engine
+    """The default engine's learned prompt decoder behind the web app: clicks and boxes sent
+    through the API reach it and select the cow that was meant."""
+    from vidseg.engines.builtin import BuiltinEngine
     from vidseg.evaluation import read_mask
 
-    config = tmp_path / "engine.toml"
-    config.write_text('[prompts]\ndecoder = "learned"\n')
-    engine = load_engine(config=config)
+    engine = BuiltinEngine()
     assert engine._prompt_decoder is None  # loaded on first use
     folder = tmp_path / "cows"
     folder.mkdir()

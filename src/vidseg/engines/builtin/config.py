@@ -40,17 +40,21 @@ class TrackerConfig:
 
 @dataclass(frozen=True)
 class PromptsConfig:
-    # How clicks and boxes become a mask. "grabcut": feature similarity around the clicks,
-    # then GrabCut (the default: it works on any content with colour edges). "learned": the
-    # prompt decoder trained on DAVIS train: better and 5x faster on real video frames
-    # (docs/BENCHMARKS.md, "clicks"), but it can fail on content far from DAVIS (on small
-    # synthetic clips it misses boxed shapes), so it is opt-in for now.
-    decoder: str = "grabcut"
+    # How clicks and boxes become a mask. "learned" (the default): the prompt decoder trained
+    # on DAVIS train and on procedurally drawn shapes (docs/BENCHMARKS.md, "clicks").
+    # "grabcut": feature similarity around the clicks, then GrabCut; needs no training, and
+    # is 5x slower and less accurate on real footage.
+    decoder: str = "learned"
     # The learned decoder's weights: "" for the ones that ship with vidseg, or a file written
     # by training/train_prompts.py (to compare recipes).
     weights: str = ""
+    # A click the learned decoder ignored still flips a disc around it (as wide as the mask is
+    # uniform there), at most this share of the frame's longer side in radius; 0 = off.
+    honour_clicks: float = 0.02
 
     def __post_init__(self) -> None:
+        if not 0 <= self.honour_clicks <= 1:
+            raise ValueError(f"[prompts] honour_clicks must be in [0, 1], not {self.honour_clicks}")
         if self.decoder not in ("grabcut", "learned"):
             raise ValueError(
                 f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"

@@ -21,7 +21,12 @@ from vidseg.engines.builtin.encoder import (
 )
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
 from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, WEIGHTS_PATH, TrackingNetwork
-from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
+from vidseg.engines.builtin.prompt_decoder import (
+    PromptDecoder,
+    click_similarity,
+    honour_clicks,
+    prompt_maps,
+)
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
 from vidseg.engines.builtin.tracker import BuiltinTracker
@@ -126,7 +131,11 @@ class BuiltinEngine:
             similarity = click_similarity(features.stride16, positive / 16, negative / 16)[None]
             logit = decoder(features.stride16, features.stride8, features.stride4, maps, similarity)
             full = F.interpolate(logit, size=(height, width), mode="bilinear", align_corners=False)
-        return (full[0, 0] > 0).numpy()
+        mask = (full[0, 0] > 0).numpy()
+        if self.config.prompts.honour_clicks > 0:
+            max_radius = self.config.prompts.honour_clicks * max(height, width)
+            mask = honour_clicks(mask, prompt.points, prompt.labels, max_radius)
+        return mask
 
     def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         """How much each pixel resembles the clicked pixels in the encoder's feature space:

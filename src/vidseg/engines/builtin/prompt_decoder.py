@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,27 @@ def prompt_maps(
     if current is not None:
         maps[3] = torch.as_tensor(current, dtype=torch.float32)
     return maps
+
+
+def honour_clicks(
+    mask: np.ndarray, points: np.ndarray, labels: np.ndarray, max_radius: float
+) -> np.ndarray:
+    """``mask`` with every click the decoder ignored made true: around a positive click that
+    fell outside the mask (or a negative one inside it), the largest disc that the mask
+    treats uniformly there (at most ``max_radius`` px) takes the click's label. A click then
+    always changes what it lands on, so the next click has something new to correct."""
+    mask = mask.copy()
+    height, width = mask.shape
+    for (x, y), label in zip(np.asarray(points).reshape(-1, 2), labels, strict=True):
+        col, row = min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)
+        if mask[row, col] == bool(label):
+            continue
+        same = (mask == mask[row, col]).astype(np.uint8)
+        radius = min(float(cv2.distanceTransform(same, cv2.DIST_L2, 5)[row, col]), max_radius)
+        cv2.circle(
+            mask.view(np.uint8), (col, row), max(int(radius), 1), int(bool(label)), thickness=-1
+        )
+    return mask
 
 
 class PromptDecoder(nn.Module):

@@ -47,15 +47,25 @@ class Preprocessing:
         """An (H, W, 3) uint8 RGB frame as the model's (3, S, S) float32 input.
 
         The same steps as ``Sam2VideoVideoProcessor``: a bilinear, antialiased resize of the
-        uint8 image to S x S (torchvision resizes uint8 images on the CPU with this very
-        ``interpolate`` call, so the result is uint8 again), then the fused rescale and
-        normalise, ``(x - 255 mean) / (255 std)``.
+        uint8 image to S x S, to uint8 again, then the fused rescale and normalise,
+        ``(x - 255 mean) / (255 std)``. The resize is torchvision's ``resize_image`` on the
+        CPU: torch's native uint8 kernel where torch dispatches to AVX2, elsewhere (AVX512,
+        ARM, ...) float32 then rounded; the two differ by 1 on some pixels.
         """
         image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
         size = (self.image_size, self.image_size)
+        # torchvision's own test (_do_native_uint8_resize_on_cpu), so that the pixels are
+        # transformers' on whatever CPU this runs.
+        native_uint8 = "AVX2" in torch.backends.cpu.get_cpu_capability()
         resized = F.interpolate(
-            image, size=size, mode="bilinear", align_corners=False, antialias=True
+            image if native_uint8 else image.to(torch.float32),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )
+        if not native_uint8:
+            resized = resized.round_().to(torch.uint8)
         scale = 1.0 / RESCALE_FACTOR
         mean = torch.tensor(self.mean) * scale
         std = torch.tensor(self.std) * scale
