@@ -316,9 +316,11 @@ def test_photometric_jitter_recolours_frames_but_keeps_their_geometry() -> None:
     assert feature_cache.cache_path(cache, "bear", 576, 2).name == "bear-576-photo2.pt"
 
 
-def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence) -> None:
-    """Each clip frame takes a variant's features with the given chance; masks stay the
-    frames' own. The variant here is the features plus 1000, to tell it apart."""
+@pytest.mark.parametrize("per_clip", [False, True])
+def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence, per_clip) -> None:
+    """Each clip frame (or, per clip, each whole clip) takes a variant's features with the
+    given chance; masks stay the frames' own. The variant here is the features plus 1000, to
+    tell it apart."""
     variant = {name: getattr(sequence, name) + 1000 for name in ("stride4", "stride8", "stride16")}
     with_variant = train_tracker.Sequence(
         "synthetic-variants",
@@ -338,8 +340,11 @@ def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence) 
             crop_cells=(6, 8),
             absence_probability=0.0,
             photometric_probability=probability,
+            per_clip_variant=per_clip,
         )
         from_variant = batch.stride16.flatten(2).mean(2) > 500  # (clips, frames)
+        mixed = (from_variant.any(1) & ~from_variant.all(1)).any().item()
+        assert mixed == (not per_clip and probability == 0.5)  # one look per clip when asked
         # All maps of a frame come from the same variant.
         assert torch.equal(from_variant, batch.stride4.flatten(2).mean(2) > 500)
         assert torch.equal(from_variant, batch.stride8.flatten(2).mean(2) > 500)
@@ -347,6 +352,17 @@ def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence) 
         shifted[probability] = from_variant.float().mean().item()
     assert shifted[0.0] == 0.0 and shifted[1.0] == 1.0
     assert 0.25 < shifted[0.5] < 0.75
+
+
+def test_photometric_cache_files_tell_per_frame_variants_from_per_sequence_looks() -> None:
+    import feature_cache
+
+    cache = Path("cache")
+    assert feature_cache.cache_path(cache, "bear", 576).name == "bear-576.pt"
+    assert feature_cache.cache_path(cache, "bear", 576, 2).name == "bear-576-photo2.pt"
+    assert feature_cache.cache_path(cache, "bear", 576, 2, per_sequence=True).name == (
+        "bear-576-look2.pt"
+    )
 
 
 def test_procedural_frames_hold_one_target_shape_among_others() -> None:

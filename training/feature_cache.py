@@ -8,6 +8,8 @@ float16: training then only runs the small learned network.
     python training/feature_cache.py --long-side 448  # the same at another scale
     python training/feature_cache.py --photometric 1  # <sequence>-576-photo1.pt: recoloured,
                                                       # blurred, noisy and JPEG-compressed frames
+    python training/feature_cache.py --photometric 1 --per-sequence  # <sequence>-576-look1.pt:
+                                                      # one such look for the whole sequence
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return out
 
 
-def cache_path(cache_dir: Path, name: str, long_side: int, photometric: int = 0) -> Path:
+def cache_path(
+    cache_dir: Path, name: str, long_side: int, photometric: int = 0, per_sequence: bool = False
+) -> Path:
     """Where a sequence's features are cached: ``<name>-<long side>.pt``, and
-    ``<name>-<long side>-photo<k>.pt`` for its ``k``-th photometric variant."""
-    suffix = f"-photo{photometric}" if photometric else ""
+    ``<name>-<long side>-photo<k>.pt`` for its ``k``-th photometric variant (``-look<k>.pt``
+    when the variant is one look for the whole sequence)."""
+    suffix = f"-{'look' if per_sequence else 'photo'}{photometric}" if photometric else ""
     return cache_dir / f"{name}-{long_side}{suffix}.pt"
 
 
@@ -103,12 +108,15 @@ def encode_sequence(
     name: str,
     long_side: int,
     photometric: int = 0,
+    per_sequence: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A train sequence's frames and masks at the encoder's input size, encoded by
     :func:`encode_frames`. With ``photometric`` = k > 0, each frame first goes through
-    :func:`photometric_jitter`, drawn anew per frame from a generator seeded by k and the
-    sequence's name."""
-    rng = np.random.default_rng([photometric, zlib.crc32(name.encode())])
+    :func:`photometric_jitter`, drawn from a generator seeded by k and the sequence's name:
+    anew per frame, or with ``per_sequence`` the same draw for every frame (one camera's look:
+    the frames change together, so the memory and the query still look alike)."""
+    seed = [photometric, zlib.crc32(name.encode())]
+    rng = np.random.default_rng(seed)
     mask_dir = davis_root / "Annotations" / "480p" / name
 
     def resized(frames) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -116,7 +124,9 @@ def encode_sequence(
         for index, frame in enumerate(frames):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             if photometric:
-                small = photometric_jitter(small, rng)
+                small = photometric_jitter(
+                    small, np.random.default_rng(seed) if per_sequence else rng
+                )
             mask = read_mask(mask_dir / f"{index:05d}.png") > 0
             yield small, cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
 
@@ -129,20 +139,23 @@ def build_cache(
     cache_dir: Path = CACHE_DIR,
     long_side: int | None = None,
     photometric: int = 0,
+    per_sequence: bool = False,
 ) -> list[Path]:
     """Encode every train sequence not cached yet, with the encoder's input scaled to
     ``long_side`` (default: the engine's), and re-photographed by :func:`photometric_jitter`
-    for ``photometric`` > 0 (the variant's number); return the cache files in train-list
-    order."""
+    for ``photometric`` > 0 (the variant's number; per frame, or ``per_sequence``); return the
+    cache files in train-list order."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     long_side = long_side or BuiltinConfig.load().encoder.long_side
     encoder = EfficientNetLite0Encoder.pretrained()
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
-        path = cache_path(cache_dir, name, long_side, photometric)
+        path = cache_path(cache_dir, name, long_side, photometric, per_sequence)
         save_cache(
             path,
-            lambda name=name: encode_sequence(encoder, davis_root, name, long_side, photometric),
+            lambda name=name: encode_sequence(
+                encoder, davis_root, name, long_side, photometric, per_sequence
+            ),
         )
         paths.append(path)
     return paths
@@ -162,8 +175,17 @@ if __name__ == "__main__":
         metavar="K",
         help="cache photometric variant K (> 0) of every frame instead of the frames as they are",
     )
+    parser.add_argument(
+        "--per-sequence",
+        action="store_true",
+        help="with --photometric, one look for all of a sequence's frames, not one per frame",
+    )
     arguments = parser.parse_args()
     torch.manual_seed(0)
     build_cache(
-        arguments.davis_root, arguments.cache_dir, arguments.long_side, arguments.photometric
+        arguments.davis_root,
+        arguments.cache_dir,
+        arguments.long_side,
+        arguments.photometric,
+        arguments.per_sequence,
     )

@@ -115,6 +115,7 @@ def sample_batch(
     warp_probability: float = 0.0,
     absence_probability: float = ABSENCE_PROBABILITY,
     photometric_probability: float = 0.0,
+    per_clip_variant: bool = False,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
@@ -124,7 +125,8 @@ def sample_batch(
     (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`).
     With ``photometric_probability``, each frame of the clip is taken from a random
     photometric variant of the sequence (if it has any) with that chance: the object's look
-    changes between the memory and the query, as under real lighting and compression."""
+    changes between the memory and the query, as under real lighting and compression. With
+    ``per_clip_variant`` the whole clip comes from one variant (or none) instead."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
         "stride8": [],
@@ -147,7 +149,13 @@ def sample_batch(
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
         left = rng.integers(0, cells_wide - crop_cells[1] + 1)
         variants = None
-        if photometric_probability and sequence.variants:
+        if photometric_probability and sequence.variants and per_clip_variant:
+            # One look for the whole clip (variants cached with --per-sequence).
+            variant = int(rng.integers(1, len(sequence.variants) + 1))
+            variants = np.full(
+                CLIP_FRAMES, variant if rng.random() < photometric_probability else 0
+            )
+        elif photometric_probability and sequence.variants:
             # Drawn only when asked for, so that runs without variants stay as they were.
             variants = rng.integers(1, len(sequence.variants) + 1, size=CLIP_FRAMES)
             variants[rng.random(CLIP_FRAMES) >= photometric_probability] = 0
@@ -479,7 +487,15 @@ def train(arguments: argparse.Namespace) -> None:
         # warping cached features cannot give.
         scale_paths = kept(build_cache(arguments.davis_root, arguments.cache_dir, long_side))
         variants = [
-            kept(build_cache(arguments.davis_root, arguments.cache_dir, long_side, k))
+            kept(
+                build_cache(
+                    arguments.davis_root,
+                    arguments.cache_dir,
+                    long_side,
+                    k,
+                    arguments.photometric_per_sequence,
+                )
+            )
             for k in range(1, arguments.photometric_variants + 1)
         ]
         paths += scale_paths
@@ -504,6 +520,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.warp_probability,
             arguments.absence_probability,
             arguments.photometric_probability,
+            arguments.photometric_per_sequence,
         )
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
@@ -595,6 +612,12 @@ if __name__ == "__main__":
         type=float,
         default=0.5,
         help="with --photometric-variants, the chance that a clip frame comes from a variant",
+    )
+    parser.add_argument(
+        "--photometric-per-sequence",
+        action="store_true",
+        help="with --photometric-variants, variants that keep one look for a whole sequence "
+        "(feature_cache.py --per-sequence), and one variant per clip instead of per frame",
     )
     parser.add_argument(
         "--scales",
