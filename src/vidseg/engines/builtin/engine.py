@@ -139,8 +139,8 @@ class BuiltinEngine:
 
     def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         """How much each pixel resembles the clicked pixels in the encoder's feature space:
-        the best cosine similarity to any click, full resolution, in [0, 1] (the GrabCut path of
-        the "matching" engine)."""
+        the best cosine similarity to any click, full resolution, in [0, 1] (the GrabCut path,
+        ``[prompts] decoder = "grabcut"``)."""
         height, width = frame.shape[:2]
         with torch.inference_mode():
             features = self._encode(frame)

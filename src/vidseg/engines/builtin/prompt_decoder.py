@@ -73,7 +73,7 @@ def prompt_maps(
 def honour_clicks(
     mask: np.ndarray, points: np.ndarray, labels: np.ndarray, max_radius: float
 ) -> np.ndarray:
-    """``mask`` with every click the decoder ignored made true: around a positive click that
+    """``mask`` with every click it ignored honoured: around a positive click that
     fell outside the mask (or a negative one inside it), the largest disc that the mask
     treats uniformly there (at most ``max_radius`` px) takes the click's label. A click then
     always changes what it lands on, so the next click has something new to correct."""

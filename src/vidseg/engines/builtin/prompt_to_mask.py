@@ -1,4 +1,4 @@
-"""Clicks and boxes to a first mask, before any learned click head exists.
+"""Clicks and boxes to a mask without a learned decoder (``[prompts] decoder = "grabcut"``).
 
 GrabCut (OpenCV) fits colour models of object and background and cuts along image edges. It
 is seeded from what the user gave: a box bounds the object; positive clicks are sure object,
