@@ -180,9 +180,12 @@ def vidseg_untuned_allocator_method(
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
 # history, and the [presence] setting it shipped with.
-PREVIOUS_RELEASE = "0.6.0"
-_PREVIOUS_COMMIT = "335220d"
-_PREVIOUS_OVERRIDES = {"presence": {"min_object_match": 0.3}}
+PREVIOUS_RELEASE = "0.8.0"
+_PREVIOUS_COMMIT = "bf1a7a8"
+_PREVIOUS_OVERRIDES = {
+    "presence": {"min_object_match": 0.3},
+    "memory": {"remember_absent": True},
+}
 _TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network.pt"
 
 
@@ -290,7 +293,7 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def _setting_value(text: str):
+def setting_value(text: str):
     """A config value as TOML reads it (``0.3``, ``true``), or the text itself (a path)."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
@@ -314,7 +317,7 @@ def config_variant(key: str) -> tuple[str, dict[str, dict], str]:
         section, dot, option = name.partition(".")
         if not (equals and dot):
             raise ValueError(f"{setting!r} in {key!r}: write SECTION.SETTING=VALUE")
-        overrides.setdefault(section, {})[option] = _setting_value(value)
+        overrides.setdefault(section, {})[option] = setting_value(value)
         shown.append(f"{name}={os.path.basename(value)}")
     return base, overrides, ", ".join(shown)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import setting_value  # noqa: E402
 from common import DEFAULT_DAVIS, open_sequence, read_sequence_list  # noqa: E402
 from occlusion import occluded_clip, score  # noqa: E402
 
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--settings",
         default="0;0.3",
-        help="[presence] settings separated by ';', each a min_object_match value or "
-        "key=value pairs separated by ','",
+        help="settings separated by ';', each a [presence] min_object_match value or "
+        "key=value pairs separated by ',' (a bare key is a [presence] setting, SECTION.key "
+        "one of another section)",
     )
     parser.add_argument(
         "--fold", type=int, default=4, help="the hold-out fold the weights were trained without"
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     engines = {}
     for weights in args.weights.split(","):
         for setting in args.settings.split(";"):
-            overrides = {"presence": presence(setting), "tracker": {"weights": weights}}
+            overrides = {**setting_overrides(setting), "tracker": {"weights": weights}}
             engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
             label = setting if "," not in args.weights else f"{Path(weights).stem} {setting}"
             engines[label] = engine
@@ -101,16 +103,24 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def presence(setting: str) -> dict[str, float]:
-    """``[presence]`` overrides from ``0.3`` (min_object_match) or ``key=value,key=value``.
+def setting_overrides(setting: str) -> dict[str, dict]:
+    """Config overrides from ``0.3`` (``[presence] min_object_match``) or
+    ``key=value,key=value``, a bare key being a ``[presence]`` setting and ``SECTION.key``
+    one of another section.
 
-    >>> presence("0.3"), presence("min_object_match=0.3,match_max_area=1")
-    ({'min_object_match': 0.3}, {'min_object_match': 0.3, 'match_max_area': 1.0})
+    >>> setting_overrides("0.3")
+    {'presence': {'min_object_match': 0.3}}
+    >>> setting_overrides("min_object_match=0.3,memory.remember_absent=false")
+    {'presence': {'min_object_match': 0.3}, 'memory': {'remember_absent': False}}
     """
     if "=" not in setting:
-        return {"min_object_match": float(setting)}
-    pairs = (item.split("=") for item in setting.split(","))
-    return {key.strip(): float(value) for key, value in pairs}
+        return {"presence": {"min_object_match": float(setting)}}
+    overrides: dict[str, dict] = {}
+    for item in setting.split(","):
+        name, _, value = item.partition("=")
+        section, _, key = name.strip().rpartition(".")
+        overrides.setdefault(section or "presence", {})[key] = setting_value(value.strip())
+    return overrides
 
 
 if __name__ == "__main__":

@@ -152,6 +152,35 @@ def test_a_mask_unlike_the_object_is_judged_a_ghost_relative_to_its_usual_match(
     assert tracker._presence(1, small, 0.95, object_match=None) == 0.95  # cannot tell
 
 
+@pytest.mark.parametrize("remember_absent", [True, False])
+def test_a_frame_where_an_object_is_judged_absent_enters_its_memory_only_if_configured(
+    remember_absent: bool,
+) -> None:
+    """With ``[memory] remember_absent = false`` an object judged absent (here by its low
+    learned presence) is left out of that frame's memory, so that a wrong "absent" is not
+    learned as background; the objects judged present are stored as usual."""
+    from vidseg.io import VideoInfo
+
+    config = BuiltinConfig.load(overrides={"memory": {"remember_absent": remember_absent}})
+    tracker = BuiltinEngine(config).new_tracker(
+        VideoInfo(width=64, height=48, num_frames=9, fps=24)
+    )
+    probability = np.zeros((48, 64), np.float32)
+    probability[10:30, 10:30] = 0.9
+    assert tracker._presence(1, probability, 0.1) < 0.5  # the presence head says absent
+    assert tracker._presence(2, probability, 0.9) >= 0.5
+    frame = np.zeros((48, 64, 3), np.uint8)
+    empty = np.zeros((48, 64), bool)
+    tracker.remember(1, frame, {1: empty, 2: probability >= 0.5}, prompted=False)
+    assert [sorted(m.values16) for m in tracker.memory.recent] == [
+        [1, 2] if remember_absent else [2]
+    ]
+    # Seen again on the next frame, the object is remembered there again.
+    assert tracker._presence(1, probability, 0.9) >= 0.5
+    tracker.remember(2, frame, {1: probability >= 0.5, 2: empty}, prompted=False)
+    assert sorted(tracker.memory.recent[-1].values16) == [1, 2]
+
+
 def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None:
     """A ghost as large as the object is kept (the check cannot tell it from the object when
     it is that large), but its poor match must not become what is usual for the object: the

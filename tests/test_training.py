@@ -84,7 +84,7 @@ def test_a_few_steps_lower_the_loss_on_a_batch(sequence) -> None:
     assert loss().item() < 0.7 * first
 
 
-def test_hidden_frames_lose_their_truth_and_take_other_features(sequence, monkeypatch) -> None:
+def test_hidden_frames_lose_their_truth_and_take_other_features(sequence) -> None:
     """Absence training: a hidden frame's truth is empty where the object was covered, and its
     features there come from elsewhere."""
     other = train_tracker.Sequence(
@@ -95,9 +95,8 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence, monkey
         masks=torch.zeros_like(sequence.masks),
     )
     rng = np.random.default_rng(2)
-    monkeypatch.setattr(train_tracker, "ABSENCE_PROBABILITY", 0.0)  # a clip with nothing hidden
-    batch = train_tracker.sample_batch([sequence], rng, 1, 2, (6, 8))
-    monkeypatch.setattr(train_tracker, "ABSENCE_PROBABILITY", 0.5)  # now always hide
+    # A clip with nothing hidden, then hide_object on it (at 0.5, a cut or an occluder).
+    batch = train_tracker.sample_batch([sequence], rng, 1, 2, (6, 8), absence_probability=0.0)
     clip = {
         "masks": batch.masks[0].clone(),
         "stride4": batch.stride4[0].clone(),
@@ -105,7 +104,7 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence, monkey
         "stride16": batch.stride16[0].clone(),
     }
     before = clip["masks"][1].sum()
-    train_tracker.hide_object(clip, 1, [other], rng, 0, (0, 0), (6, 8))
+    train_tracker.hide_object(clip, 1, [other], rng, 0, (0, 0), (6, 8), probability=0.5)
     assert before > 0 and clip["masks"][1].sum() == 0
     hidden16 = (clip["stride16"][1] == 0).all(0)
     assert hidden16.any()

@@ -23,7 +23,8 @@ With ``--procedural-sequences K``, K sequences of procedurally drawn frames (tex
 over cluttered textures, ``procedural_shapes.py``) join the train sequences, so that the
 decoder also meets shapes unlike DAVIS's objects.
 
-    python training/train_prompts.py     # the shipped recipe: paste 0.5, 3 rounds, every round
+    python training/train_prompts.py     # the shipped recipe: paste 0.5, 2 procedural sequences,
+                                         # 3 click rounds, every round supervised
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--procedural-sequences",
         type=int,
-        default=0,
+        default=2,
         help="sequences of 150 procedural frames (textured shapes, procedural_shapes.py) "
         "to train on beside the train sequences",
     )

@@ -28,7 +28,7 @@ from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_h
 CLIP_FRAMES = 3
 # Chance that a predicted frame of a clip is a cut to another sequence, and again that the
 # object is covered by an occluder (see hide_object).
-ABSENCE_PROBABILITY = 0.1
+ABSENCE_PROBABILITY = 0.3
 # The presence head learns "visible" for an object showing at least this many pixels in the
 # crop (at the cache's scale), with this weight beside the mask loss.
 MIN_VISIBLE_PIXELS = 16
@@ -388,13 +388,17 @@ def clip_logits(
 # which there drives every logit down, not only the ghost's) or "none" (no mask loss at all:
 # only the presence head learns absence, as SAM 2 supervises masks only where the object is).
 ABSENT_MASK_LOSSES = ("full", "cross-entropy", "none")
+# Where the object is hidden only the presence head learns (as SAM 2 supervises masks only
+# where the object is present): a mask loss there taught the decoder to erode objects in
+# plain view.
+ABSENT_MASK_LOSS = "none"
 
 
 def clip_loss(
     network: TrackingNetwork,
     batch: Batch,
     hard_fraction: float,
-    absent_mask_loss: str = "full",
+    absent_mask_loss: str = ABSENT_MASK_LOSS,
 ) -> torch.Tensor:
     """Mean over the clip's predicted frames of the mask loss (:func:`segmentation_loss`) and
     the presence loss (binary cross-entropy on "the object shows in the crop");
@@ -596,7 +600,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--absent-mask-loss",
         choices=ABSENT_MASK_LOSSES,
-        default="full",
+        default=ABSENT_MASK_LOSS,
         help="the mask loss on frames where the object is not visible: cross-entropy and Dice "
         "(full), cross-entropy only, or none (only the presence head learns absence)",
     )

@@ -86,6 +86,10 @@ class MemoryConfig:
     # Each query cell reads from its top_k most similar memory cells; 0 = all of them.
     # (The learned tracker only; the matching tracker has its own [readout] top_k.)
     top_k: int = 0
+    # Whether a propagated frame on which an object was judged absent enters its memory
+    # (with an empty mask). When it does, a wrong "absent" teaches the read-out that the
+    # object is background, and the object may never be found again.
+    remember_absent: bool = False
 
 
 @dataclass(frozen=True)

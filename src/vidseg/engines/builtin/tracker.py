@@ -59,6 +59,8 @@ class MemoryTracker(ABC):
         self._usual_match: dict[int, float] = {}
         # Objects judged absent on the last frame by the re-identification check alone.
         self._unsure: set[int] = set()
+        # Objects judged absent on the last frame, for whatever reason.
+        self._absent: set[int] = set()
         self._frames_since_stored = 0
         #: Seconds spent in each stage of the per-frame path, summed over the pass (profiling).
         self.stage_seconds: dict[str, float] = defaultdict(float)
@@ -95,7 +97,8 @@ class MemoryTracker(ABC):
             # An object dropped by the re-identification check alone stays out of this frame's
             # memory: neither the suspect mask nor "absent" is learned from an unsure frame
             # (a wrong "absent" in memory would lose the object for good).
-            masks = {obj: mask for obj, mask in masks.items() if obj not in self._unsure}
+            left_out = self._unsure if self.config.memory.remember_absent else self._absent
+            masks = {obj: mask for obj, mask in masks.items() if obj not in left_out}
         if not masks:
             return
         if prompted:
@@ -110,6 +113,20 @@ class MemoryTracker(ABC):
         """Add the frame with its objects' masks to the memory bank."""
 
     def _presence(
+        self,
+        obj: int,
+        probability: np.ndarray,
+        score: float | None = None,
+        object_match: float | None = None,
+    ) -> float:
+        presence = self._judge_presence(obj, probability, score, object_match)
+        if presence < 0.5:
+            self._absent.add(obj)
+        else:
+            self._absent.discard(obj)
+        return presence
+
+    def _judge_presence(
         self,
         obj: int,
         probability: np.ndarray,
