@@ -181,6 +181,30 @@ def test_a_frame_where_an_object_is_judged_absent_enters_its_memory_only_if_conf
     assert sorted(tracker.memory.recent[-1].values16) == [1, 2]
 
 
+def test_a_remnant_far_smaller_than_the_prompted_object_stays_out_of_memory() -> None:
+    """``[memory] min_area_ratio``: a propagated mask under that share of the object's
+    prompted area is not stored (it would teach that the rest of the object is background);
+    one above it is."""
+    from vidseg.io import VideoInfo
+
+    config = BuiltinConfig.load(overrides={"memory": {"min_area_ratio": 0.1}})
+    tracker = BuiltinEngine(config).new_tracker(
+        VideoInfo(width=64, height=48, num_frames=9, fps=24)
+    )
+    frame = np.zeros((48, 64, 3), np.uint8)
+    prompted = np.zeros((48, 64), bool)
+    prompted[10:30, 10:30] = True  # 400 pixels
+    tracker.remember(0, frame, {1: prompted}, prompted=True)
+    remnant = np.zeros_like(prompted)
+    remnant[10:15, 10:15] = True  # 25 pixels: 6% of the prompted area
+    tracker.remember(1, frame, {1: remnant}, prompted=False)
+    assert len(tracker.memory.recent) == 0
+    partial = np.zeros_like(prompted)
+    partial[10:20, 10:20] = True  # 100 pixels: 25%
+    tracker.remember(2, frame, {1: partial}, prompted=False)
+    assert [m.frame_index for m in tracker.memory.recent] == [2]
+
+
 def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None:
     """A ghost as large as the object is kept (the check cannot tell it from the object when
     it is that large), but its poor match must not become what is usual for the object: the

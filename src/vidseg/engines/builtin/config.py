@@ -90,6 +90,9 @@ class MemoryConfig:
     # (with an empty mask). When it does, a wrong "absent" teaches the read-out that the
     # object is background, and the object may never be found again.
     remember_absent: bool = False
+    # A propagated frame enters an object's memory only if its mask is at least this share of
+    # the object's prompted area (0 = always).
+    min_area_ratio: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,15 @@ class MemoryTracker(ABC):
             # (a wrong "absent" in memory would lose the object for good).
             left_out = self._unsure if self.config.memory.remember_absent else self._absent
             masks = {obj: mask for obj, mask in masks.items() if obj not in left_out}
+            # A remnant (far smaller than the prompted object) stays out too: stored, it
+            # teaches that the rest of the object is background.
+            smallest = self.config.memory.min_area_ratio
+            if smallest > 0:
+                masks = {
+                    obj: mask
+                    for obj, mask in masks.items()
+                    if mask.sum() >= smallest * self._reference_area.get(obj, 0.0)
+                }
         if not masks:
             return
         if prompted:
