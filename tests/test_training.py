@@ -111,6 +111,27 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence) -> Non
     assert not (clip["stride16"][0] == 0).all(0).any()  # the prompted frame is untouched
 
 
+def test_a_partial_occluder_covers_one_side_of_the_object_and_keeps_the_rest(sequence) -> None:
+    """Partial occlusion (``cover_part``): part of the object's box, from one side, takes
+    another sequence's features and loses its truth; the rest of the object still shows."""
+    other = _square_object(sequence, marker=-7.0)
+    rng = np.random.default_rng(5)
+    batch = train_tracker.sample_batch([sequence], rng, 1, 2, (6, 8), absence_probability=0.0)
+    for _ in range(8):  # several draws: sides and shares differ
+        clip = {name: getattr(batch, name)[0].clone() for name in ("masks", "stride4")}
+        clip["stride8"], clip["stride16"] = batch.stride8[0].clone(), batch.stride16[0].clone()
+        before = clip["masks"][1].sum()
+        train_tracker.cover_part(clip, 1, [other], rng, 0, (0, 0))
+        after = clip["masks"][1].sum()
+        assert 0 < after < before  # part of the object hidden, part of it still visible
+        covered16 = (clip["stride16"][1] == -7.0).all(0)
+        assert covered16.any()
+        # Where the features were replaced, the truth is empty.
+        covered = covered16.repeat_interleave(16, 0).repeat_interleave(16, 1)
+        assert clip["masks"][1, 0][covered].sum() == 0
+        assert not (clip["stride16"][0] == -7.0).all(0).any()  # the prompted frame untouched
+
+
 def _square_object(sequence: train_tracker.Sequence, marker: float) -> train_tracker.Sequence:
     """Another sequence whose features are all ``marker`` (a value no real feature map has) and
     whose object is a 64x64 square, 4x4 stride-16 cells."""

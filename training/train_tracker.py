@@ -116,6 +116,7 @@ def sample_batch(
     absence_probability: float = ABSENCE_PROBABILITY,
     photometric_probability: float = 0.0,
     per_clip_variant: bool = False,
+    partial_occlusion_probability: float = 0.0,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
@@ -126,7 +127,9 @@ def sample_batch(
     With ``photometric_probability``, each frame of the clip is taken from a random
     photometric variant of the sequence (if it has any) with that chance: the object's look
     changes between the memory and the query, as under real lighting and compression. With
-    ``per_clip_variant`` the whole clip comes from one variant (or none) instead."""
+    ``per_clip_variant`` the whole clip comes from one variant (or none) instead. With
+    ``partial_occlusion_probability``, a later frame that still shows the object has part of
+    it covered (:func:`cover_part`)."""
     parts: dict[str, list[torch.Tensor]] = {
         "stride4": [],
         "stride8": [],
@@ -171,6 +174,9 @@ def sample_batch(
             continue
         for t in range(1, CLIP_FRAMES):
             hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells, absence_probability)
+            # Drawn only when asked for, so that runs without it stay as they were.
+            if partial_occlusion_probability and rng.random() < partial_occlusion_probability:
+                cover_part(clip, t, peers, rng, mirror, (top, left))
         for key, value in clip.items():
             parts[key].append(value)
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
@@ -322,7 +328,6 @@ def hide_object(
         return
     other = sequences[rng.integers(len(sequences))]
     frame = int(rng.integers(other.length))
-    top, left = corner
     mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0  # cells the object touches
     if draw < probability or not mask16.any():
         box = (0, crop_cells[0], 0, crop_cells[1])
@@ -334,6 +339,22 @@ def hide_object(
             max(0, int(cols.min()) - 1),
             min(crop_cells[1], int(cols.max()) + 2),
         )
+    cover_region(clip, t, other, frame, mirror, corner, box)
+
+
+def cover_region(
+    clip: dict[str, torch.Tensor],
+    t: int,
+    other: Sequence,
+    frame: int,
+    mirror: int,
+    corner: tuple[int, int],
+    box: tuple[int, int, int, int],
+) -> None:
+    """Cover ``box`` (rows y1:y2, columns x1:x2, in stride-16 cells of the crop) of clip frame
+    ``t`` with the same region of ``other``'s ``frame``, in every feature map; the truth
+    loses what is covered."""
+    top, left = corner
     y1, y2, x1, x2 = box
     for stride in (4, 8, 16):
         scale = 16 // stride
@@ -346,6 +367,36 @@ def hide_object(
         ]
         clip[f"stride{stride}"][t, :, y1 * scale : y2 * scale, x1 * scale : x2 * scale] = source
     clip["masks"][t, :, y1 * 16 : y2 * 16, x1 * 16 : x2 * 16] = 0
+
+
+def cover_part(
+    clip: dict[str, torch.Tensor],
+    t: int,
+    sequences: list[Sequence],
+    rng: np.random.Generator,
+    mirror: int,
+    corner: tuple[int, int],
+) -> None:
+    """Partial occlusion: 30-70% of the object's box in frame ``t``, from one side, covered by
+    the same region of another sequence's frame (:func:`cover_region`). The object stays
+    partly visible, and its truth is what still shows, so the decoder learns to keep a
+    partial mask rather than give the object up."""
+    mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0
+    if not mask16.any():
+        return
+    rows, cols = torch.nonzero(mask16, as_tuple=True)
+    y1, y2 = int(rows.min()), int(rows.max()) + 1
+    x1, x2 = int(cols.min()), int(cols.max()) + 1
+    share = rng.uniform(0.3, 0.7)
+    side = int(rng.integers(4))
+    if side < 2:  # from the top or the bottom
+        depth = max(1, round(share * (y2 - y1)))
+        y1, y2 = (y1, y1 + depth) if side == 0 else (y2 - depth, y2)
+    else:  # from the left or the right
+        depth = max(1, round(share * (x2 - x1)))
+        x1, x2 = (x1, x1 + depth) if side == 2 else (x2 - depth, x2)
+    other = sequences[rng.integers(len(sequences))]
+    cover_region(clip, t, other, int(rng.integers(other.length)), mirror, corner, (y1, y2, x1, x2))
 
 
 def clip_logits(
@@ -525,6 +576,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.absence_probability,
             arguments.photometric_probability,
             arguments.photometric_per_sequence,
+            arguments.partial_occlusion_probability,
         )
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
@@ -622,6 +674,13 @@ if __name__ == "__main__":
         action="store_true",
         help="with --photometric-variants, variants that keep one look for a whole sequence "
         "(feature_cache.py --per-sequence), and one variant per clip instead of per frame",
+    )
+    parser.add_argument(
+        "--partial-occlusion-probability",
+        type=float,
+        default=0.0,
+        help="chance that a predicted frame showing the object has 30-70%% of it covered by "
+        "another sequence's frame, from one side (the truth keeps what still shows)",
     )
     parser.add_argument(
         "--scales",
