@@ -94,9 +94,9 @@ class MemoryTracker(ABC):
             if self._frames_since_stored < self.config.memory.every:
                 return
             self._frames_since_stored = 0
-            # An object dropped by the re-identification check alone stays out of this frame's
-            # memory: neither the suspect mask nor "absent" is learned from an unsure frame
-            # (a wrong "absent" in memory would lose the object for good).
+            # An object judged absent stays out of this frame's memory (with remember_absent,
+            # only one dropped by the re-identification check alone): a wrong "absent" in
+            # memory would teach that the object is background and lose it for good.
             left_out = self._unsure if self.config.memory.remember_absent else self._absent
             masks = {obj: mask for obj, mask in masks.items() if obj not in left_out}
             # A remnant (far smaller than the prompted object) stays out too: stored, it
