@@ -151,11 +151,12 @@ def vidseg_torchscript_method(
     yield from _track_with_vidseg(frames, first_mask, {"encoder": {"runtime": "torchscript"}})
 
 
-def vidseg_no_reid_method(
+def vidseg_lite0_method(
     frames: Sequence[np.ndarray], first_mask: np.ndarray
 ) -> Iterator[np.ndarray]:
-    """The built-in engine without the re-identification check on presence (as in 0.3.0)."""
-    yield from _track_with_vidseg(frames, first_mask, {"presence": {"min_object_match": 0.0}})
+    """The built-in engine on the smaller, faster encoder (``[encoder] variant = "lite0"``,
+    with its shipped weights: 0.9.0's, without its re-identification check)."""
+    yield from _track_with_vidseg(frames, first_mask, {"encoder": {"variant": "lite0"}})
 
 
 def vidseg_untuned_allocator_method(
@@ -180,11 +181,11 @@ def vidseg_untuned_allocator_method(
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
 # history, and the [presence] setting it shipped with.
-PREVIOUS_RELEASE = "0.8.0"
-_PREVIOUS_COMMIT = "bf1a7a8"
+PREVIOUS_RELEASE = "0.9.0"
+_PREVIOUS_COMMIT = "04bcf95"
 _PREVIOUS_OVERRIDES = {
+    "encoder": {"variant": "lite0"},
     "presence": {"min_object_match": 0.3},
-    "memory": {"remember_absent": True},
 }
 _TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network.pt"
 
@@ -276,10 +277,10 @@ METHODS: dict[str, MethodSpec] = {
             vidseg_engine_unavailable,
         ),
         MethodSpec(
-            "vidseg-no-reid",
-            "vidseg_no_reid",
-            vidseg_no_reid_method,
-            "vidseg built-in engine without the re-identification check (as in 0.3.0)",
+            "vidseg-lite0",
+            "vidseg_lite0",
+            vidseg_lite0_method,
+            "vidseg built-in engine on the faster Lite0 encoder ([encoder] variant = lite0)",
             vidseg_engine_unavailable,
         ),
         MethodSpec(

@@ -101,7 +101,9 @@ def test_previous_release_weights_come_from_git_history():
 
     assert baselines.vidseg_previous_unavailable() is None
     overrides = baselines.previous_release_overrides()
-    network = TrackingNetwork.pretrained(overrides["tracker"]["weights"])
+    network = TrackingNetwork.pretrained(
+        overrides["tracker"]["weights"], overrides["encoder"]["variant"]
+    )
     assert not network.training
     assert overrides["presence"] == {"min_object_match": 0.3}
 

@@ -518,8 +518,8 @@ def test_config_file_sets_the_builtin_engine(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="--config sets the built-in engine"):
         load_engine("sam2.1-hiera-tiny", config=config)
     # A weights file named in the config is found beside it, wherever vidseg runs from.
-    from vidseg.engines.builtin.network import WEIGHTS_PATH
+    from vidseg.engines.builtin.network import tracker_weights_path
 
-    (tmp_path / "run.pt").write_bytes(WEIGHTS_PATH.read_bytes())
+    (tmp_path / "run.pt").write_bytes(tracker_weights_path().read_bytes())
     config.write_text('[tracker]\nweights = "run.pt"\n')
     assert load_engine(config=config).config.tracker.weights == str(tmp_path / "run.pt")

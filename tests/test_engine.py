@@ -12,10 +12,10 @@ import torch
 
 from vidseg.demo.synthetic import render_synthetic_video
 from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, load_encoder, normalize
+from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, load_encoder, normalize
 from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
-from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork
+from vidseg.engines.builtin.network import TrackingNetwork, tracker_weights_path
 from vidseg.engines.builtin.prompt_decoder import click_similarity, honour_clicks, prompt_maps
 from vidseg.session.prompts import ObjectPrompt
 
@@ -41,28 +41,45 @@ def video():
     return render_synthetic_video(num_frames=24, width=320, height=180, seed=3)
 
 
-def test_encoder_feature_shapes_and_determinism() -> None:
-    encoder = EfficientNetLite0Encoder.pretrained()
+@pytest.mark.parametrize(
+    ("variant", "channels"), [("lite0", (24, 40, 112)), ("lite2", (24, 48, 120))]
+)
+def test_encoder_feature_shapes_and_determinism(variant, channels) -> None:
+    encoder = EfficientNetLiteEncoder.pretrained(variant)
     image = normalize(torch.randint(0, 256, (1, 3, 96, 160), dtype=torch.uint8))
     with torch.inference_mode():
         first, second = encoder(image), encoder(image)
-    assert first.stride4.shape == (1, 24, 24, 40)
-    assert first.stride8.shape == (1, 40, 12, 20)
-    assert first.stride16.shape == (1, 112, 6, 10)
+    assert first.stride4.shape == (1, channels[0], 24, 40)
+    assert first.stride8.shape == (1, channels[1], 12, 20)
+    assert first.stride16.shape == (1, channels[2], 6, 10)
+    assert tuple(encoder.channels.values()) == channels
     assert torch.equal(first.stride16, second.stride16)
     assert not any(p.requires_grad for p in encoder.parameters())
 
 
+def test_unknown_encoder_variant_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="lite0, lite2"):
+        BuiltinConfig.load(overrides={"encoder": {"variant": "lite3"}})
+
+
+def test_weights_of_another_encoder_are_refused_with_the_fix(tmp_path) -> None:
+    """Lite0-trained weights on Lite2 features: a clear error, not a shape trace."""
+    with pytest.raises(ValueError, match=r"\[encoder\] variant"):
+        TrackingNetwork.pretrained(tracker_weights_path("lite0"), variant="lite2")
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
-@pytest.mark.parametrize("size", [(320, 576), (176, 240)])
-def test_inference_runtimes_give_the_eager_encoders_features(video, runtime, size) -> None:
-    """The shipped ONNX export (and the TorchScript module) compute what the PyTorch encoder
+@pytest.mark.parametrize(
+    ("variant", "size"), [("lite0", (320, 576)), ("lite0", (176, 240)), ("lite2", (176, 240))]
+)
+def test_inference_runtimes_give_the_eager_encoders_features(video, runtime, variant, size) -> None:
+    """The shipped ONNX exports (and the TorchScript module) compute what the PyTorch encoder
     the network was trained on computes, at any input size; a stale or wrong ONNX file fails."""
     frame = torch.from_numpy(video.frames[5]).permute(2, 0, 1)[None].float()
     image = normalize(torch.nn.functional.interpolate(frame, size=size, mode="bilinear"))
     with torch.inference_mode():
-        expected = EfficientNetLite0Encoder.pretrained()(image)
-    got = load_encoder(runtime)(image)
+        expected = EfficientNetLiteEncoder.pretrained(variant)(image)
+    got = load_encoder(runtime, variant)(image)
     for stride in (4, 8, 16):
         want, have = getattr(expected, f"stride{stride}"), getattr(got, f"stride{stride}")
         assert have.shape == want.shape
@@ -72,7 +89,7 @@ def test_inference_runtimes_give_the_eager_encoders_features(video, runtime, siz
 def test_encoder_features_tell_objects_from_background(video) -> None:
     """Pretrained features, not noise: cells of one object resemble each other more than
     they resemble the background."""
-    encoder = EfficientNetLite0Encoder.pretrained()
+    encoder = EfficientNetLiteEncoder.pretrained()
     frame = torch.from_numpy(video.frames[0]).permute(2, 0, 1)[None]
     with torch.inference_mode():
         features = torch.nn.functional.normalize(encoder(normalize(frame)).stride8[0], dim=0)
@@ -283,13 +300,14 @@ def test_learned_weights_can_be_chosen_in_the_config(tmp_path, section: str) -> 
     assert not torch.equal(chosen.state_dict()[name], shipped.state_dict()[name])
 
 
-def test_shipped_weights_are_small_and_load() -> None:
-    assert WEIGHTS_PATH.stat().st_size < 3_000_000
-    network = TrackingNetwork.pretrained()
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_shipped_weights_are_small_and_load(variant) -> None:
+    assert tracker_weights_path(variant).stat().st_size < 3_000_000
+    network = TrackingNetwork.pretrained(variant=variant)
     assert not network.training
     assert not any(p.requires_grad for p in network.parameters())
     # Trained, not freshly initialised: a fresh network's weights differ.
-    fresh = TrackingNetwork().state_dict()
+    fresh = TrackingNetwork(EfficientNetLiteEncoder(variant).channels).state_dict()
     trained = network.state_dict()
     assert all(trained[name].shape == fresh[name].shape for name in fresh)
     name = "mask_decoder.logit.weight"
@@ -325,7 +343,8 @@ def test_top_k_affinity_keeps_only_the_best_memory_cells() -> None:
 
 def test_network_output_shapes_batch_over_objects() -> None:
     network = TrackingNetwork.pretrained()
-    features16 = torch.randn(1, 112, 5, 7)
+    channels = network.feature_channels
+    features16 = torch.randn(1, channels[16], 5, 7)
     masks4 = torch.rand(3, 1, 20, 28)
     with torch.inference_mode():
         values = network.memory_encoder(features16.expand(3, -1, -1, -1), masks4)
@@ -334,8 +353,8 @@ def test_network_output_shapes_batch_over_objects() -> None:
         decoded = network.segment(
             key.expand(3, -1, -1, -1),
             query16.expand(3, -1, -1, -1),
-            torch.randn(1, 40, 10, 14).expand(3, -1, -1, -1),
-            torch.randn(1, 24, 20, 28).expand(3, -1, -1, -1),
+            torch.randn(1, channels[8], 10, 14).expand(3, -1, -1, -1),
+            torch.randn(1, channels[4], 20, 28).expand(3, -1, -1, -1),
             key.flatten(2).expand(3, -1, -1),
             values.flatten(2),
         )
@@ -420,7 +439,7 @@ def test_an_ignored_click_still_flips_the_spot_it_lands_on() -> None:
 
 
 def test_click_similarity_is_highest_at_the_click(video) -> None:
-    encoder = EfficientNetLite0Encoder.pretrained()
+    encoder = EfficientNetLiteEncoder.pretrained()
     frame = torch.from_numpy(video.frames[0]).permute(2, 0, 1)[None]
     with torch.inference_mode():
         features16 = encoder(normalize(frame)).stride16

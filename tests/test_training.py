@@ -10,17 +10,21 @@ import pytest
 import torch
 
 from vidseg.demo.synthetic import render_synthetic_video
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, normalize
+from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, normalize
 from vidseg.engines.builtin.network import TrackingNetwork
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import train_tracker  # noqa: E402
 
+LITE0 = EfficientNetLiteEncoder("lite0").channels  # the encoder of the clips below
 
-def _encoded_sequence(name: str, width: int, height: int) -> train_tracker.Sequence:
+
+def _encoded_sequence(
+    name: str, width: int, height: int, variant: str = "lite0"
+) -> train_tracker.Sequence:
     """A synthetic clip encoded like the feature cache does (original and mirrored)."""
     video = render_synthetic_video(num_frames=8, width=width, height=height, seed=1)
-    encoder = EfficientNetLite0Encoder.pretrained()
+    encoder = EfficientNetLiteEncoder.pretrained(variant)
     frames = torch.from_numpy(np.stack(video.frames)).permute(0, 3, 1, 2)
     masks = torch.from_numpy(np.stack(video.labels) == 1).to(torch.uint8)
     both = torch.stack([frames, frames.flip(-1)])
@@ -64,12 +68,16 @@ def test_clips_mix_scales_but_take_distractors_and_occluders_from_their_own(sequ
         assert batch.stride4.shape == (8, 3, 24, 24, 32)
 
 
-def test_a_few_steps_lower_the_loss_on_a_batch(sequence) -> None:
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_a_few_steps_lower_the_loss_on_a_batch(sequence, variant) -> None:
+    """The network learns on either encoder's features (train_tracker.py --encoder)."""
     torch.manual_seed(0)
+    if variant != "lite0":
+        sequence = _encoded_sequence("synthetic", 192, 128, variant)
     batch = train_tracker.sample_batch(
         [sequence], np.random.default_rng(1), batch_size=2, max_gap=2, crop_cells=(6, 8)
     )
-    network = TrackingNetwork()
+    network = TrackingNetwork(EfficientNetLiteEncoder(variant).channels)
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
@@ -295,7 +303,7 @@ def test_absent_frames_can_go_without_mask_loss(sequence) -> None:
     assert torch.isclose(weighted, only_visible / 2)
 
     torch.manual_seed(0)
-    network = TrackingNetwork()
+    network = TrackingNetwork(LITE0)
     batch = train_tracker.sample_batch(
         [sequence], np.random.default_rng(2), 2, 2, (6, 8), absence_probability=0.0
     )
@@ -383,6 +391,7 @@ def test_photometric_cache_files_tell_per_frame_variants_from_per_sequence_looks
     assert feature_cache.cache_path(cache, "bear", 576, 2, per_sequence=True).name == (
         "bear-576-look2.pt"
     )
+    assert feature_cache.cache_path(cache, "bear", 576, encoder="lite2").name == "bear-576-lite2.pt"
 
 
 def test_procedural_frames_hold_one_target_shape_among_others() -> None:

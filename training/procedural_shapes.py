@@ -24,11 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from feature_cache import CACHE_DIR, encode_frames, save_cache
+from feature_cache import CACHE_DIR, cache_path, encode_frames, save_cache
 from tqdm import tqdm
 
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.encoder import EfficientNetLite0Encoder, encoder_input_size
+from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, encoder_input_size
 
 FRAMES_PER_SEQUENCE = 150
 
@@ -115,7 +115,7 @@ def draw_frame(
 
 
 def encode_procedural(
-    encoder: EfficientNetLite0Encoder, seed: int, long_side: int
+    encoder: EfficientNetLiteEncoder, seed: int, long_side: int
 ) -> dict[str, torch.Tensor]:
     """:data:`FRAMES_PER_SEQUENCE` procedural frames with their target masks, at a DAVIS
     frame's input size, encoded as the train sequences are (``feature_cache.encode_frames``)."""
@@ -134,15 +134,24 @@ def encode_procedural(
 
 
 def build_procedural_cache(
-    count: int, cache_dir: Path = CACHE_DIR, long_side: int | None = None
+    count: int,
+    cache_dir: Path = CACHE_DIR,
+    long_side: int | None = None,
+    encoder_name: str | None = None,
 ) -> list[Path]:
-    """``count`` cached sequences of procedural frames (built if missing), as paths that
-    ``train_tracker.load_sequences`` reads like the train sequences'."""
-    long_side = long_side or BuiltinConfig.load().encoder.long_side
+    """``count`` cached sequences of procedural frames (built if missing) encoded by
+    ``encoder_name`` (default: the engine's), as paths that ``train_tracker.load_sequences``
+    reads like the train sequences'."""
+    defaults = BuiltinConfig.load().encoder
+    long_side = long_side or defaults.long_side
+    encoder_name = encoder_name or defaults.variant
     cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = [cache_dir / f"procedural-{seed}-{long_side}.pt" for seed in range(count)]
+    paths = [
+        cache_path(cache_dir, f"procedural-{seed}", long_side, encoder=encoder_name)
+        for seed in range(count)
+    ]
     if not all(path.exists() for path in paths):  # else no need to load the encoder
-        encoder = EfficientNetLite0Encoder.pretrained()
+        encoder = EfficientNetLiteEncoder.pretrained(encoder_name)
         for seed, path in enumerate(tqdm(paths, desc="procedural frames")):
             save_cache(path, lambda seed=seed: encode_procedural(encoder, seed, long_side))
     return paths

@@ -47,7 +47,9 @@ from train_tracker import (
     without_held_out,
 )
 
-from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, save_half
+from vidseg.engines.builtin.config import BuiltinConfig
+from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
+from vidseg.engines.builtin.network import prompt_weights_path, save_half
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
 
 
@@ -238,13 +240,15 @@ def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
-    paths = build_cache(arguments.davis_root, arguments.cache_dir)
+    paths = build_cache(arguments.davis_root, arguments.cache_dir, encoder_name=arguments.encoder)
     if arguments.hold_out is not None:
         paths = without_held_out(paths, arguments.hold_out)
     # Procedural frames join as sequences of their own, drawn as often as a train sequence.
-    paths += build_procedural_cache(arguments.procedural_sequences, arguments.cache_dir)
+    paths += build_procedural_cache(
+        arguments.procedural_sequences, arguments.cache_dir, encoder_name=arguments.encoder
+    )
     sequences = load_sequences(paths)
-    decoder = PromptDecoder()
+    decoder = PromptDecoder(ENCODER_VARIANTS[arguments.encoder].channels)
 
     def prompt_loss(step: int) -> tuple[torch.Tensor, str]:
         hard_fraction = 1.0 - 0.85 * min(1.0, step / (0.3 * arguments.steps))
@@ -281,7 +285,9 @@ def train(arguments: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = training_arguments(__doc__.split("\n\n")[0], PROMPT_WEIGHTS_PATH, 2500)
+    parser = training_arguments(
+        __doc__.split("\n\n")[0], 2500, BuiltinConfig.load().prompts.encoder
+    )
     parser.add_argument(
         "--paste-probability",
         type=float,
@@ -307,4 +313,6 @@ if __name__ == "__main__":
         default=True,
         help="with --iterative-clicks, supervise each round's prediction, not only the last",
     )
-    train(parser.parse_args())
+    arguments = parser.parse_args()
+    arguments.output = arguments.output or prompt_weights_path(arguments.encoder)
+    train(arguments)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
 
 from vidseg.engines.builtin.config import BuiltinConfig
-from vidseg.engines.builtin.network import WEIGHTS_PATH, TrackingNetwork, save_half
+from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
+from vidseg.engines.builtin.network import TrackingNetwork, save_half, tracker_weights_path
 
 CLIP_FRAMES = 3
 # Chance that a predicted frame of a clip is a cut to another sequence, and again that the
@@ -540,7 +541,11 @@ def train(arguments: argparse.Namespace) -> None:
     for long_side in arguments.scales:
         # Each scale is the encoder run on the frames resized: true scale augmentation, which
         # warping cached features cannot give.
-        scale_paths = kept(build_cache(arguments.davis_root, arguments.cache_dir, long_side))
+        scale_paths = kept(
+            build_cache(
+                arguments.davis_root, arguments.cache_dir, long_side, encoder_name=arguments.encoder
+            )
+        )
         variants = [
             kept(
                 build_cache(
@@ -549,6 +554,7 @@ def train(arguments: argparse.Namespace) -> None:
                     long_side,
                     k,
                     arguments.photometric_per_sequence,
+                    arguments.encoder,
                 )
             )
             for k in range(1, arguments.photometric_variants + 1)
@@ -557,7 +563,7 @@ def train(arguments: argparse.Namespace) -> None:
         variant_paths += [[variant[i] for variant in variants] for i in range(len(scale_paths))]
     sequences = load_sequences(paths, variant_paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
-    network = TrackingNetwork()
+    network = TrackingNetwork(ENCODER_VARIANTS[arguments.encoder].channels)
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
@@ -593,17 +599,27 @@ def train(arguments: argparse.Namespace) -> None:
     print(f"wrote {arguments.output}", flush=True)
 
 
-def training_arguments(description: str, output: Path, steps: int) -> argparse.ArgumentParser:
-    """The command-line options both training scripts take."""
+def training_arguments(description: str, steps: int, encoder: str) -> argparse.ArgumentParser:
+    """The command-line options both training scripts take, ``--encoder`` defaulting to
+    ``encoder`` (each script resolves a missing ``--output`` to where the engine loads its
+    weights for ``--encoder``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
-    parser.add_argument("--output", type=Path, default=output)
+    parser.add_argument(
+        "--output", type=Path, help="default: the shipped weights for --encoder, replaced"
+    )
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--encoder",
+        choices=list(ENCODER_VARIANTS),
+        default=encoder,
+        help=f"whose features to train on (default {encoder}, the engine's)",
+    )
     parser.add_argument(
         "--hold-out",
         type=int,
@@ -617,7 +633,9 @@ def training_arguments(description: str, output: Path, steps: int) -> argparse.A
 
 
 if __name__ == "__main__":
-    parser = training_arguments(__doc__.split("\n\n")[0], WEIGHTS_PATH, 3500)
+    parser = training_arguments(
+        __doc__.split("\n\n")[0], 3500, BuiltinConfig.load().encoder.variant
+    )
     parser.add_argument("--max-gap", type=int, default=20)
     parser.add_argument(
         "--distractor-probability",
@@ -688,4 +706,6 @@ if __name__ == "__main__":
         default=[BuiltinConfig.load().encoder.long_side],
         help="encoder input sizes (long side, px) to cache and train on, e.g. 448,576,704",
     )
-    train(parser.parse_args())
+    arguments = parser.parse_args()
+    arguments.output = arguments.output or tracker_weights_path(arguments.encoder)
+    train(arguments)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from vidseg.engines.builtin.encoder import DEFAULT_PROMPT_VARIANT, DEFAULT_VARIANT, encoder_variant
+
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
 
@@ -51,8 +53,14 @@ class PromptsConfig:
     # A click the learned decoder ignored still flips a disc around it (as wide as the mask is
     # uniform there), at most this share of the frame's longer side in radius; 0 = off.
     honour_clicks: float = 0.02
+    # The encoder whose features the learned decoder reads. It may differ from the tracker's
+    # ([encoder] variant): prompted frames are then encoded once more, by this encoder. Lite0
+    # ships: the decoder trained on Lite2 features lost the synthetic shapes' boxes
+    # (training/README.md); "lite2" needs weights from train_prompts.py --encoder lite2.
+    encoder: str = DEFAULT_PROMPT_VARIANT
 
     def __post_init__(self) -> None:
+        encoder_variant(self.encoder)  # raises, naming the choices
         if not 0 <= self.honour_clicks <= 1:
             raise ValueError(f"[prompts] honour_clicks must be in [0, 1], not {self.honour_clicks}")
         if self.decoder not in ("grabcut", "learned"):
@@ -71,8 +79,12 @@ class EncoderConfig:
     # What runs the encoder: "onnxruntime" (the shipped ONNX export; fastest on CPU) or
     # "torchscript" (the PyTorch module, traced and frozen). Same features to about 1e-4.
     runtime: str = "onnxruntime"
+    # Which EfficientNet-Lite: "lite0" or "lite2" (1.1x wider, 1.2x deeper). The learned
+    # tracker's and prompt decoder's weights are trained on one encoder's features.
+    variant: str = DEFAULT_VARIANT
 
     def __post_init__(self) -> None:
+        encoder_variant(self.variant)  # raises, naming the choices
         if self.runtime not in ("onnxruntime", "torchscript"):
             raise ValueError(
                 f"[encoder] runtime must be 'onnxruntime' or 'torchscript', not {self.runtime!r}"
@@ -121,7 +133,7 @@ class PresenceConfig:
     # while the mask is under match_max_area of the prompted area. That catches a "ghost":
     # another object, in a new scene or in front of the target, that the read-out took for
     # it. 0 disables.
-    min_object_match: float = 0.3
+    min_object_match: float = 0.0
     match_max_area: float = 0.7
 
 

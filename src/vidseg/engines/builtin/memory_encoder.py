@@ -31,7 +31,7 @@ class MemoryEncoder(nn.Module):
         )
 
     def forward(self, features16: torch.Tensor, mask4: torch.Tensor) -> torch.Tensor:
-        """``features16``: (N, 112, h, w); ``mask4``: (N, 1, 4h, 4w) soft mask in [0, 1]."""
+        """``features16``: (N, C, h, w); ``mask4``: (N, 1, 4h, 4w) soft mask in [0, 1]."""
         mask_features = self.mask_down(mask4 * 2 - 1)
         fused = torch.cat([self.feature_projection(features16), mask_features], 1)
         pooled_mask = F.avg_pool2d(mask4, 4)

@@ -8,27 +8,54 @@ train sequences; the weights (about 1 MB) ship in ``weights/`` beside this file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from torch import nn
 
+from vidseg.engines.builtin.encoder import (
+    DEFAULT_PROMPT_VARIANT,
+    DEFAULT_VARIANT,
+    ENCODER_VARIANTS,
+    encoder_variant,
+)
 from vidseg.engines.builtin.mask_decoder import DecodedMasks, MaskDecoder
 from vidseg.engines.builtin.memory_attention import KeyProjection, memory_affinity, read_values
 from vidseg.engines.builtin.memory_encoder import MemoryEncoder
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-WEIGHTS_PATH = WEIGHTS_DIR / "tracking_network.pt"
-PROMPT_WEIGHTS_PATH = WEIGHTS_DIR / "prompt_decoder.pt"
+
+
+def tracker_weights_path(variant: str = DEFAULT_VARIANT) -> Path:
+    """The shipped tracker weights, trained on encoder ``variant``'s features."""
+    return WEIGHTS_DIR / f"tracking_network_{encoder_variant(variant).name}.pt"
+
+
+def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:
+    """The shipped prompt-decoder weights, trained on encoder ``variant``'s features."""
+    return WEIGHTS_DIR / f"prompt_decoder_{encoder_variant(variant).name}.pt"
+
 
 _Module = TypeVar("_Module", bound=nn.Module)
+
+#: Channels of the default encoder's features at strides 4, 8 and 16.
+DEFAULT_CHANNELS = ENCODER_VARIANTS[DEFAULT_VARIANT].channels
 
 
 def load_frozen(module: _Module, path: str | Path) -> _Module:
     """Load float16 weights saved by the training scripts; eval mode, gradients off."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict({name: value.float() for name, value in state.items()})
+    try:
+        module.load_state_dict({name: value.float() for name, value in state.items()})
+    except RuntimeError as error:
+        if "size mismatch" not in str(error):
+            raise
+        raise ValueError(
+            f"the weights in {path} were trained on another encoder's features: set "
+            "[encoder] variant to the encoder they were trained with"
+        ) from None
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -45,13 +72,19 @@ def save_half(module: nn.Module, path: str | Path) -> None:
 
 
 class TrackingNetwork(nn.Module):
-    """Key projection + memory encoder + mask decoder."""
+    """Key projection + memory encoder + mask decoder, for an encoder with
+    ``feature_channels`` at strides 4, 8 and 16."""
 
-    def __init__(self) -> None:
+    def __init__(self, feature_channels: Mapping[int, int] = DEFAULT_CHANNELS) -> None:
+        """``feature_channels``: the encoder's channels at strides 4, 8 and 16 (see
+        :attr:`EncoderVariant.channels`)."""
         super().__init__()
-        self.key_projection = KeyProjection()
-        self.memory_encoder = MemoryEncoder()
-        self.mask_decoder = MaskDecoder()
+        self.feature_channels = dict(feature_channels)
+        self.key_projection = KeyProjection(feature_channels[16])
+        self.memory_encoder = MemoryEncoder(feature_channels[16])
+        self.mask_decoder = MaskDecoder(
+            feature_channels=(feature_channels[16], feature_channels[8], feature_channels[4])
+        )
 
     def segment(
         self,
@@ -73,6 +106,14 @@ class TrackingNetwork(nn.Module):
         return self.mask_decoder(readout, query16, features8, features4)
 
     @classmethod
-    def pretrained(cls, path: str | Path = WEIGHTS_PATH) -> TrackingNetwork:
-        """The network with the shipped weights, in eval mode, gradients off."""
-        return load_frozen(cls(), path)
+    def pretrained(
+        cls, path: str | Path | None = None, variant: str = DEFAULT_VARIANT
+    ) -> TrackingNetwork:
+        """The network for encoder ``variant`` with its shipped weights (or those in ``path``,
+        trained on that encoder's features), in eval mode, gradients off.
+
+        >>> TrackingNetwork.pretrained(variant="lite2").feature_channels
+        {4: 24, 8: 48, 16: 120}
+        """
+        channels = encoder_variant(variant).channels
+        return load_frozen(cls(channels), path or tracker_weights_path(variant))

@@ -9,6 +9,7 @@ decoding path is the mask decoder's: stride 16 up through the stride-8 and strid
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -17,8 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg.engines.builtin.encoder import (
+    DEFAULT_PROMPT_VARIANT,
+    ENCODER_VARIANTS,
+    encoder_variant,
+)
 from vidseg.engines.builtin.mask_decoder import ResidualBlock, UpsampleFuse
-from vidseg.engines.builtin.network import PROMPT_WEIGHTS_PATH, load_frozen
+from vidseg.engines.builtin.network import load_frozen, prompt_weights_path
 
 PROMPT_MAPS = 4  # positive clicks, negative clicks, box, current mask
 
@@ -95,16 +101,21 @@ class PromptDecoder(nn.Module):
     """(stride-16/8/4 features, prompt maps at stride 4, click similarity at stride 16) ->
     mask logit at stride 4."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        feature_channels: Mapping[int, int] = ENCODER_VARIANTS[DEFAULT_PROMPT_VARIANT].channels,
+    ) -> None:
+        """``feature_channels``: the encoder's channels at strides 4, 8 and 16."""
         super().__init__()
-        self.feature_projection = nn.Conv2d(112, 64, 1)
+        self.feature_channels = dict(feature_channels)
+        self.feature_projection = nn.Conv2d(feature_channels[16], 64, 1)
         self.prompt_down = nn.Sequential(
             nn.Conv2d(PROMPT_MAPS, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 32, 3, 2, 1)
         )
         self.fuse16 = nn.Conv2d(64 + 32 + 2, 64, 3, 1, 1)
         self.refine16 = nn.Sequential(ResidualBlock(64), ResidualBlock(64))
-        self.up8 = UpsampleFuse(64, 40, 32)
-        self.up4 = UpsampleFuse(32, 24 + PROMPT_MAPS, 16)
+        self.up8 = UpsampleFuse(64, feature_channels[8], 32)
+        self.up4 = UpsampleFuse(32, feature_channels[4] + PROMPT_MAPS, 16)
         self.logit = nn.Conv2d(16, 1, 3, 1, 1)
 
     def forward(
@@ -124,6 +135,10 @@ class PromptDecoder(nn.Module):
         return self.logit(F.relu(x))
 
     @classmethod
-    def pretrained(cls, path: str | Path = PROMPT_WEIGHTS_PATH) -> PromptDecoder:
-        """The decoder with the shipped weights, in eval mode, gradients off."""
-        return load_frozen(cls(), path)
+    def pretrained(
+        cls, path: str | Path | None = None, variant: str = DEFAULT_PROMPT_VARIANT
+    ) -> PromptDecoder:
+        """The decoder for encoder ``variant`` with its shipped weights (or those in ``path``,
+        trained on that encoder's features), in eval mode, gradients off."""
+        channels = encoder_variant(variant).channels
+        return load_frozen(cls(channels), path or prompt_weights_path(variant))
