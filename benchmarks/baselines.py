@@ -252,7 +252,7 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg",
             "vidseg",
             vidseg_engine_method,
-            "vidseg built-in engine, default config (learned tracker, encoder at 576 px)",
+            "vidseg built-in engine, default config (learned tracker, Lite2 encoder at 576 px)",
             vidseg_engine_unavailable,
         ),
         MethodSpec(

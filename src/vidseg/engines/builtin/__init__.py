@@ -1,4 +1,4 @@
-"""The built-in CPU engine (frozen EfficientNet-Lite0 features, memory bank, matching)."""
+"""The built-in CPU engine (frozen EfficientNet-Lite features, memory bank, learned tracker)."""
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.engine import BuiltinEngine
