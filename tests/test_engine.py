@@ -62,6 +62,11 @@ def test_unknown_encoder_variant_is_refused_naming_the_choices() -> None:
         BuiltinConfig.load(overrides={"encoder": {"variant": "lite3"}})
 
 
+def test_a_prompt_encoder_without_shipped_weights_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="train_prompts.py --encoder lite2"):
+        BuiltinConfig.load(overrides={"prompts": {"encoder": "lite2"}})
+
+
 def test_weights_of_another_encoder_are_refused_with_the_fix(tmp_path) -> None:
     """Lite0-trained weights on Lite2 features: a clear error, not a shape trace."""
     with pytest.raises(ValueError, match=r"\[encoder\] variant"):

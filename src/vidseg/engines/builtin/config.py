@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vidseg.engines.builtin.encoder import DEFAULT_PROMPT_VARIANT, DEFAULT_VARIANT, encoder_variant
+from vidseg.engines.builtin.network import prompt_weights_path
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
@@ -61,6 +62,13 @@ class PromptsConfig:
 
     def __post_init__(self) -> None:
         encoder_variant(self.encoder)  # raises, naming the choices
+        if self.decoder == "learned" and not self.weights:
+            if not prompt_weights_path(self.encoder).is_file():
+                raise ValueError(
+                    f"[prompts] encoder = {self.encoder!r}: no prompt decoder for it ships with "
+                    "vidseg; train one (training/train_prompts.py --encoder "
+                    f"{self.encoder}) and name it in [prompts] weights"
+                )
         if not 0 <= self.honour_clicks <= 1:
             raise ValueError(f"[prompts] honour_clicks must be in [0, 1], not {self.honour_clicks}")
         if self.decoder not in ("grabcut", "learned"):

@@ -54,7 +54,8 @@ def load_frozen(module: _Module, path: str | Path) -> _Module:
             raise
         raise ValueError(
             f"the weights in {path} were trained on another encoder's features: set "
-            "[encoder] variant to the encoder they were trained with"
+            "[encoder] variant (tracker weights) or [prompts] encoder (prompt-decoder weights) "
+            "to the encoder they were trained with"
         ) from None
     module.eval()
     for parameter in module.parameters():
