@@ -57,7 +57,8 @@ class PromptsConfig:
     # The encoder whose features the learned decoder reads. It may differ from the tracker's
     # ([encoder] variant): prompted frames are then encoded once more, by this encoder. Lite0
     # ships: the decoder trained on Lite2 features lost the synthetic shapes' boxes
-    # (training/README.md); "lite2" needs weights from train_prompts.py --encoder lite2.
+    # (docs/BENCHMARKS.md, "A larger encoder"); "lite2" needs weights from
+    # train_prompts.py --encoder lite2.
     encoder: str = DEFAULT_PROMPT_VARIANT
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class EncoderConfig:
     # "torchscript" (the PyTorch module, traced and frozen). Same features to about 1e-4.
     runtime: str = "onnxruntime"
     # Which EfficientNet-Lite: "lite0" or "lite2" (1.1x wider, 1.2x deeper). The learned
-    # tracker's and prompt decoder's weights are trained on one encoder's features.
+    # tracker's weights are trained on one encoder's features; vidseg ships them for both.
     variant: str = DEFAULT_VARIANT
 
     def __post_init__(self) -> None:
