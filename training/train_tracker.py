@@ -329,18 +329,28 @@ def hide_object(
         return
     other = sequences[rng.integers(len(sequences))]
     frame = int(rng.integers(other.length))
-    mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0  # cells the object touches
-    if draw < probability or not mask16.any():
+    object_box = object_cells(clip, t)
+    if draw < probability or object_box is None:
         box = (0, crop_cells[0], 0, crop_cells[1])
-    else:
-        rows, cols = torch.nonzero(mask16, as_tuple=True)
+    else:  # the object's box grown by one cell, within the crop
+        y1, y2, x1, x2 = object_box
         box = (
-            max(0, int(rows.min()) - 1),
-            min(crop_cells[0], int(rows.max()) + 2),
-            max(0, int(cols.min()) - 1),
-            min(crop_cells[1], int(cols.max()) + 2),
+            max(0, y1 - 1),
+            min(crop_cells[0], y2 + 1),
+            max(0, x1 - 1),
+            min(crop_cells[1], x2 + 1),
         )
     cover_region(clip, t, other, frame, mirror, corner, box)
+
+
+def object_cells(clip: dict[str, torch.Tensor], t: int) -> tuple[int, int, int, int] | None:
+    """The box (rows y1:y2, columns x1:x2, in stride-16 cells of the crop) of the cells the
+    object touches in clip frame ``t``; None when it does not show."""
+    mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0
+    if not mask16.any():
+        return None
+    rows, cols = torch.nonzero(mask16, as_tuple=True)
+    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
 
 
 def cover_region(
@@ -382,12 +392,10 @@ def cover_part(
     the same region of another sequence's frame (:func:`cover_region`). The object stays
     partly visible, and its truth is what still shows, so the decoder learns to keep a
     partial mask rather than give the object up."""
-    mask16 = F.max_pool2d(clip["masks"][t], 16)[0] > 0
-    if not mask16.any():
+    object_box = object_cells(clip, t)
+    if object_box is None:
         return
-    rows, cols = torch.nonzero(mask16, as_tuple=True)
-    y1, y2 = int(rows.min()), int(rows.max()) + 1
-    x1, x2 = int(cols.min()), int(cols.max()) + 1
+    y1, y2, x1, x2 = object_box
     share = rng.uniform(0.3, 0.7)
     side = int(rng.integers(4))
     if side < 2:  # from the top or the bottom
