@@ -180,7 +180,8 @@ def vidseg_untuned_allocator_method(
 
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
-# history, and the [presence] setting it shipped with.
+# history (at their path of that release), and the encoder and [presence] setting it shipped
+# with.
 PREVIOUS_RELEASE = "0.9.0"
 _PREVIOUS_COMMIT = "04bcf95"
 _PREVIOUS_OVERRIDES = {
