@@ -12,7 +12,12 @@ import torch
 
 from vidseg.demo.synthetic import render_synthetic_video
 from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
-from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, load_encoder, normalize
+from vidseg.engines.builtin.encoder import (
+    EfficientNetLiteEncoder,
+    encoder_variant,
+    load_encoder,
+    normalize,
+)
 from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
 from vidseg.engines.builtin.network import TrackingNetwork, tracker_weights_path
@@ -312,7 +317,7 @@ def test_shipped_weights_are_small_and_load(variant) -> None:
     assert not network.training
     assert not any(p.requires_grad for p in network.parameters())
     # Trained, not freshly initialised: a fresh network's weights differ.
-    fresh = TrackingNetwork(EfficientNetLiteEncoder(variant).channels).state_dict()
+    fresh = TrackingNetwork(encoder_variant(variant).channels).state_dict()
     trained = network.state_dict()
     assert all(trained[name].shape == fresh[name].shape for name in fresh)
     name = "mask_decoder.logit.weight"

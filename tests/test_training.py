@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from vidseg.demo.synthetic import render_synthetic_video
-from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, normalize
+from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, encoder_variant, normalize
 from vidseg.engines.builtin.network import TrackingNetwork
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import train_tracker  # noqa: E402
 
-LITE0 = EfficientNetLiteEncoder("lite0").channels  # the encoder of the clips below
+LITE0 = encoder_variant("lite0").channels  # the encoder of the clips below
 
 
 def _encoded_sequence(
@@ -77,7 +77,7 @@ def test_a_few_steps_lower_the_loss_on_a_batch(sequence, variant) -> None:
     batch = train_tracker.sample_batch(
         [sequence], np.random.default_rng(1), batch_size=2, max_gap=2, crop_cells=(6, 8)
     )
-    network = TrackingNetwork(EfficientNetLiteEncoder(variant).channels)
+    network = TrackingNetwork(encoder_variant(variant).channels)
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
