@@ -39,6 +39,7 @@ from feature_cache import build_cache
 from procedural_shapes import build_procedural_cache
 from train_tracker import (
     fit,
+    held_out_folds,
     load_sequences,
     paste_distractor,
     same_scale,
@@ -241,8 +242,9 @@ def train(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(arguments.threads)
     rng = np.random.default_rng(arguments.seed)
     paths = build_cache(arguments.davis_root, arguments.cache_dir, encoder_name=arguments.encoder)
-    if arguments.hold_out is not None:
-        paths = without_held_out(paths, arguments.hold_out)
+    folds = held_out_folds(arguments)
+    if folds is not None:
+        paths = without_held_out(paths, folds)
     # Procedural frames join as sequences of their own, drawn as often as a train sequence.
     paths += build_procedural_cache(
         arguments.procedural_sequences, arguments.cache_dir, encoder_name=arguments.encoder

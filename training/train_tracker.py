@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -85,17 +86,27 @@ def load_sequences(
 
 
 HOLD_OUT_FOLDS = 5
+_Item = TypeVar("_Item")
 DEFAULT_HOLD_OUT_FOLD = 4
 
 
-def without_held_out(paths: list[Path], fold: int = DEFAULT_HOLD_OUT_FOLD) -> list[Path]:
-    """Every fifth train sequence left out, from the ``fold``-th on (``paths`` in train-list
-    order): a held-out part of train on which settings and recipes can be chosen without
-    looking at val (``benchmarks/presence_holdout.py --fold`` tracks the ones left out). Two
-    folds give 12 held-out sequences, which six alone did not stand in for."""
-    if not 0 <= fold < HOLD_OUT_FOLDS:
-        raise ValueError(f"hold-out fold {fold} is not in 0..{HOLD_OUT_FOLDS - 1}")
-    return [path for i, path in enumerate(paths) if i % HOLD_OUT_FOLDS != fold]
+def without_held_out(
+    paths: list[_Item], folds: int | Iterable[int] = DEFAULT_HOLD_OUT_FOLD
+) -> list[_Item]:
+    """Every fifth train sequence left out, from the ``fold``-th on, for each of ``folds``
+    (``paths``, or sequence names, in train-list order): a held-out part of train on which
+    settings and recipes can be chosen without looking at val
+    (``benchmarks/presence_holdout.py --fold`` tracks the ones left out). Two folds give 12
+    held-out sequences, which six alone did not stand in for.
+
+    >>> without_held_out(list("abcdefghij"), [3, 4])
+    ['a', 'b', 'c', 'f', 'g', 'h']
+    """
+    folds = {folds} if isinstance(folds, int) else set(folds)
+    for fold in folds:
+        if not 0 <= fold < HOLD_OUT_FOLDS:
+            raise ValueError(f"hold-out fold {fold} is not in 0..{HOLD_OUT_FOLDS - 1}")
+    return [path for i, path in enumerate(paths) if i % HOLD_OUT_FOLDS not in folds]
 
 
 def same_scale(sequences: list[Sequence], sequence: Sequence) -> list[Sequence]:
@@ -541,9 +552,8 @@ def train(arguments: argparse.Namespace) -> None:
     rng = np.random.default_rng(arguments.seed)
 
     def kept(scale_paths: list[Path]) -> list[Path]:
-        if arguments.hold_out is None:
-            return scale_paths
-        return without_held_out(scale_paths, arguments.hold_out)
+        folds = held_out_folds(arguments)
+        return scale_paths if folds is None else without_held_out(scale_paths, folds)
 
     paths, variant_paths = [], []
     for long_side in arguments.scales:
@@ -631,13 +641,21 @@ def training_arguments(description: str, steps: int, encoder: str) -> argparse.A
     parser.add_argument(
         "--hold-out",
         type=int,
-        nargs="?",
-        const=DEFAULT_HOLD_OUT_FOLD,
+        nargs="*",
         metavar="FOLD",
         help="leave every fifth train sequence out, from the FOLD-th (0-4, default "
-        f"{DEFAULT_HOLD_OUT_FOLD}), to choose recipes and settings on them",
+        f"{DEFAULT_HOLD_OUT_FOLD}; several folds leave several fifths out), to choose recipes "
+        "and settings on them",
     )
     return parser
+
+
+def held_out_folds(arguments: argparse.Namespace) -> list[int] | None:
+    """The folds ``--hold-out`` names (the default fold when it names none); None without
+    it."""
+    if arguments.hold_out is None:
+        return None
+    return arguments.hold_out or [DEFAULT_HOLD_OUT_FOLD]
 
 
 if __name__ == "__main__":

@@ -60,9 +60,17 @@ class PromptsConfig:
     # (docs/BENCHMARKS.md, "A larger encoder"); "lite2" needs weights from
     # train_prompts.py --encoder lite2.
     encoder: str = DEFAULT_PROMPT_VARIANT
+    # A small object (once there is a mask or a box to size it by) is decoded in a window
+    # this many times its size about its centre, at a finer resolution than in the whole
+    # frame; 0 = always the whole frame.
+    zoom_context: float = 0.0
 
     def __post_init__(self) -> None:
         encoder_variant(self.encoder)  # raises, naming the choices
+        if self.zoom_context and self.zoom_context < 1:
+            raise ValueError(
+                f"[prompts] zoom_context must be 0 (off) or at least 1, not {self.zoom_context}"
+            )
         if self.decoder == "learned" and not self.weights:
             if not prompt_weights_path(self.encoder).is_file():
                 raise ValueError(

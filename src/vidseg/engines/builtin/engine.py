@@ -123,7 +123,39 @@ class BuiltinEngine:
         prompt: ObjectPrompt,
         previous: np.ndarray | None,
     ) -> np.ndarray:
-        """The learned prompt decoder's mask for clicks and/or a box (and the current mask)."""
+        """The learned prompt decoder's mask for clicks and/or a box (and the current mask).
+        A small object is decoded in a window around it (``[prompts] zoom_context``)."""
+        window = context_window(frame.shape[:2], prompt, previous, self.config.prompts.zoom_context)
+        if window is None:
+            mask = self._decode_in_view(decoder, frame, prompt, previous)
+        else:
+            left, top, right, bottom = window
+            offset = np.array([left, top], dtype=np.float32)
+            inside = ObjectPrompt(
+                points=prompt.points - offset,
+                labels=prompt.labels,
+                box=None if prompt.box is None else prompt.box - np.tile(offset, 2),
+            )
+            mask = np.zeros(frame.shape[:2], bool) if previous is None else previous.copy()
+            mask[top:bottom, left:right] = self._decode_in_view(
+                decoder,
+                frame[top:bottom, left:right],
+                inside,
+                None if previous is None else previous[top:bottom, left:right],
+            )
+        if self.config.prompts.honour_clicks > 0:
+            max_radius = self.config.prompts.honour_clicks * max(frame.shape[:2])
+            mask = honour_clicks(mask, prompt.points, prompt.labels, max_radius)
+        return mask
+
+    def _decode_in_view(
+        self,
+        decoder: PromptDecoder,
+        frame: np.ndarray,
+        prompt: ObjectPrompt,
+        previous: np.ndarray | None,
+    ) -> np.ndarray:
+        """The decoder's mask on ``frame`` (the whole frame or a window of it)."""
         height, width = frame.shape[:2]
         features = self._encode(frame, self._prompt_encoder)
         input_height, input_width = features.stride4.shape[-2] * 4, features.stride4.shape[-1] * 4
@@ -140,11 +172,7 @@ class BuiltinEngine:
             similarity = click_similarity(features.stride16, positive / 16, negative / 16)[None]
             logit = decoder(features.stride16, features.stride8, features.stride4, maps, similarity)
             full = F.interpolate(logit, size=(height, width), mode="bilinear", align_corners=False)
-        mask = (full[0, 0] > 0).numpy()
-        if self.config.prompts.honour_clicks > 0:
-            max_radius = self.config.prompts.honour_clicks * max(height, width)
-            mask = honour_clicks(mask, prompt.points, prompt.labels, max_radius)
-        return mask
+        return (full[0, 0] > 0).numpy()
 
     def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         """How much each pixel resembles the clicked pixels in the encoder's feature space:
@@ -160,3 +188,53 @@ class BuiltinEngine:
             clicked = keys[:, rows, cols]  # (C, clicks)
             similarity = torch.einsum("chw,ck->khw", keys, clicked).amax(0).clamp(min=0)
         return cv2.resize(similarity.numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+# A window is only worth decoding when it magnifies: at most this share of the frame's area.
+_MAX_WINDOW_SHARE = 0.5
+
+
+def context_window(
+    size: tuple[int, int],
+    prompt: ObjectPrompt,
+    previous: np.ndarray | None,
+    context: float,
+) -> tuple[int, int, int, int] | None:
+    """The window (left, top, right, bottom) in which the prompt decoder sees a small object:
+    the box around its current mask, clicks and box, ``context`` times as wide and high about
+    its centre, clipped to the frame. The object then fills about as much of the decoder's
+    view as the objects it was trained on do, at a finer resolution than in the whole frame.
+    None when ``context`` is 0, when there is no extent to go by yet (a first click alone),
+    or when the window would not magnify (over half the frame).
+
+    >>> prompt = ObjectPrompt(box=np.array([400, 200, 440, 240], dtype=np.float32))
+    >>> context_window((480, 854), prompt, None, context=3.0)
+    (360, 160, 480, 280)
+    """
+    height, width = size
+    has_mask = previous is not None and previous.any()
+    if not context or not (has_mask or prompt.box is not None):
+        return None
+    xs, ys = [prompt.points[:, 0]], [prompt.points[:, 1]]
+    if prompt.box is not None:
+        xs.append(prompt.box[0::2])
+        ys.append(prompt.box[1::2])
+    if has_mask:
+        rows, cols = np.flatnonzero(previous.any(axis=1)), np.flatnonzero(previous.any(axis=0))
+        xs.append(np.array([cols[0], cols[-1] + 1]))
+        ys.append(np.array([rows[0], rows[-1] + 1]))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    centre_x, centre_y = (x.min() + x.max()) / 2, (y.min() + y.max()) / 2
+    half_width = context * max(x.max() - x.min(), 1.0) / 2
+    half_height = context * max(y.max() - y.min(), 1.0) / 2
+    left, right = (
+        max(0, int(centre_x - half_width)),
+        min(width, int(np.ceil(centre_x + half_width))),
+    )
+    top, bottom = (
+        max(0, int(centre_y - half_height)),
+        min(height, int(np.ceil(centre_y + half_height))),
+    )
+    if (right - left) * (bottom - top) > _MAX_WINDOW_SHARE * width * height:
+        return None
+    return left, top, right, bottom
