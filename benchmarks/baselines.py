@@ -180,15 +180,15 @@ def vidseg_untuned_allocator_method(
 
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
-# history (at their path of that release), and the encoder and [presence] setting it shipped
-# with.
-PREVIOUS_RELEASE = "0.9.0"
-_PREVIOUS_COMMIT = "04bcf95"
+# history (at their path of that release), and the settings it shipped with that differ.
+PREVIOUS_RELEASE = "0.10.0"
+_PREVIOUS_COMMIT = "7359565"
 _PREVIOUS_OVERRIDES = {
-    "encoder": {"variant": "lite0"},
-    "presence": {"min_object_match": 0.3},
+    "encoder": {"variant": "lite2"},
+    "memory": {"min_area_ratio": 0.0},
+    "prompts": {"zoom_context": 0.0},
 }
-_TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network.pt"
+_TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network_lite2.pt"
 
 
 def _previous_weights() -> Path:

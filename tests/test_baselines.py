@@ -105,7 +105,12 @@ def test_previous_release_weights_come_from_git_history():
         overrides["tracker"]["weights"], overrides["encoder"]["variant"]
     )
     assert not network.training
-    assert overrides["presence"] == {"min_object_match": 0.3}
+    # It differs from today's defaults in what that release shipped with.
+    from vidseg.engines.builtin import BuiltinConfig
+
+    previous, current = BuiltinConfig.load(overrides=overrides), BuiltinConfig.load()
+    assert previous.memory.min_area_ratio == 0.0 < current.memory.min_area_ratio
+    assert previous.prompts.zoom_context == 0.0 < current.prompts.zoom_context
 
 
 def test_section_replacement_keeps_the_rest(tmp_path):

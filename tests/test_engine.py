@@ -484,3 +484,18 @@ def test_a_small_object_is_decoded_in_a_window_around_it(sequence) -> None:
         scores[context] = iou(session.add_box(0, 1, box), truth)
     assert scores[3.0] > scores[0.0] + 0.1, scores
     assert BuiltinConfig.load().prompts.zoom_context == 3.0
+
+
+def test_the_window_follows_the_clicked_part_not_a_stray_blob() -> None:
+    """A correction on a small object whose mask also holds a stray blob across the frame:
+    the window is sized by the part the user clicked on (the blob stays as it was, outside
+    the window), so the object is still seen up close."""
+    from vidseg.engines.builtin.engine import context_window
+
+    mask = np.zeros((480, 854), bool)
+    mask[200:230, 400:440] = True  # the object
+    mask[20:40, 20:40] = True  # a stray blob
+    prompt = ObjectPrompt(points=np.array([[420.0, 215.0]]), labels=np.array([1]))
+    assert context_window(mask.shape, prompt, mask, context=3.0) == (360, 170, 480, 260)
+    elsewhere = ObjectPrompt(points=np.array([[700.0, 400.0]]), labels=np.array([1]))
+    assert context_window(mask.shape, elsewhere, mask, context=3.0) is None

@@ -201,7 +201,8 @@ def context_window(
     context: float,
 ) -> tuple[int, int, int, int] | None:
     """The window (left, top, right, bottom) in which the prompt decoder sees a small object:
-    the box around its current mask, clicks and box, ``context`` times as wide and high about
+    the box around its clicks, its box and the parts of its current mask that a positive click
+    lands on (all of it when none does), ``context`` times as wide and high about
     its centre, clipped to the frame. The object then fills about as much of the decoder's
     view as the objects it was trained on do, at a finer resolution than in the whole frame.
     None when ``context`` is 0, when there is no extent to go by yet (a first click alone),
@@ -220,6 +221,9 @@ def context_window(
         xs.append(prompt.box[0::2])
         ys.append(prompt.box[1::2])
     if has_mask:
+        # The parts the user clicked on: a stray blob of the mask elsewhere would make the
+        # window the whole frame (it stays as it is, outside the window).
+        previous = _clicked_parts(previous, prompt)
         rows, cols = np.flatnonzero(previous.any(axis=1)), np.flatnonzero(previous.any(axis=0))
         xs.append(np.array([cols[0], cols[-1] + 1]))
         ys.append(np.array([rows[0], rows[-1] + 1]))
@@ -238,3 +242,16 @@ def context_window(
     if (right - left) * (bottom - top) > _MAX_WINDOW_SHARE * width * height:
         return None
     return left, top, right, bottom
+
+
+def _clicked_parts(mask: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
+    """The connected parts of ``mask`` that a positive click lands on (all of ``mask`` when
+    none does)."""
+    _, components = cv2.connectedComponents(mask.astype(np.uint8))
+    height, width = mask.shape
+    labels = {
+        int(components[min(max(int(y), 0), height - 1), min(max(int(x), 0), width - 1)])
+        for (x, y), label in zip(prompt.points, prompt.labels, strict=True)
+        if label == 1
+    } - {0}
+    return np.isin(components, list(labels)) if labels else mask
