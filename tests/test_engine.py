@@ -499,3 +499,23 @@ def test_the_window_follows_the_clicked_part_not_a_stray_blob() -> None:
     assert context_window(mask.shape, prompt, mask, context=3.0) == (360, 170, 480, 260)
     elsewhere = ObjectPrompt(points=np.array([[700.0, 400.0]]), labels=np.array([1]))
     assert context_window(mask.shape, elsewhere, mask, context=3.0) is None
+
+
+def test_tracker_weights_of_another_decoder_width_load_with_their_width(tmp_path, video) -> None:
+    """``train_tracker.py --decoder-channels`` trains a wider or narrower mask decoder; the
+    engine reads the widths from the weights file, so such weights run as they are."""
+    from vidseg.engines.builtin.network import decoder_channels_of, save_half
+    from vidseg.session import TrackingSession
+
+    narrow = TrackingNetwork(encoder_variant("lite2").channels, (32, 16, 8))
+    save_half(narrow, tmp_path / "narrow.pt")
+    assert decoder_channels_of(tmp_path / "narrow.pt") == (32, 16, 8)
+    engine = BuiltinEngine(
+        BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "narrow.pt")}})
+    )
+    assert engine.network.mask_decoder.logit.weight.shape[1] == 8
+    session = TrackingSession(video.frames[:3], engine=engine)
+    session.add_mask(0, 1, video.mask(0, video.object_ids[0]))
+    results = list(session.propagate())
+    assert [r.frame_index for r in results] == [0, 1, 2]
+    assert results[0].masks[1].shape == video.frames[0].shape[:2]

@@ -25,7 +25,12 @@ from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
-from vidseg.engines.builtin.network import TrackingNetwork, save_half, tracker_weights_path
+from vidseg.engines.builtin.network import (
+    DECODER_CHANNELS,
+    TrackingNetwork,
+    save_half,
+    tracker_weights_path,
+)
 
 CLIP_FRAMES = 3
 # Chance that a predicted frame of a clip is a cut to another sequence, and again that the
@@ -581,7 +586,9 @@ def train(arguments: argparse.Namespace) -> None:
         variant_paths += [[variant[i] for variant in variants] for i in range(len(scale_paths))]
     sequences = load_sequences(paths, variant_paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
-    network = TrackingNetwork(ENCODER_VARIANTS[arguments.encoder].channels)
+    network = TrackingNetwork(
+        ENCODER_VARIANTS[arguments.encoder].channels, arguments.decoder_channels
+    )
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
@@ -663,6 +670,13 @@ if __name__ == "__main__":
         __doc__.split("\n\n")[0], 3500, BuiltinConfig.load().encoder.variant
     )
     parser.add_argument("--max-gap", type=int, default=20)
+    parser.add_argument(
+        "--decoder-channels",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=DECODER_CHANNELS,
+        help="the mask decoder's channels at strides 16, 8 and 4 (default "
+        f"{','.join(map(str, DECODER_CHANNELS))}); the engine reads them from the weights",
+    )
     parser.add_argument(
         "--distractor-probability",
         type=float,

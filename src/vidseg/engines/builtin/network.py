@@ -40,6 +40,20 @@ def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
+#: The mask decoder's own channels at strides 16, 8 and 4 (the shipped weights' widths).
+DECODER_CHANNELS = (64, 32, 16)
+
+
+def decoder_channels_of(path: str | Path) -> tuple[int, int, int]:
+    """The mask decoder's channels at strides 16, 8 and 4 in the tracker weights at ``path``
+    (``train_tracker.py --decoder-channels`` can train other widths)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return tuple(  # type: ignore[return-value]
+        int(state[f"mask_decoder.{name}.weight"].shape[0])
+        for name in ("query_projection", "up8.reduce", "up4.reduce")
+    )
+
+
 #: Channels of the default encoder's features at strides 4, 8 and 16.
 DEFAULT_CHANNELS = ENCODER_VARIANTS[DEFAULT_VARIANT].channels
 
@@ -76,15 +90,21 @@ class TrackingNetwork(nn.Module):
     """Key projection + memory encoder + mask decoder, for an encoder with
     ``feature_channels`` at strides 4, 8 and 16."""
 
-    def __init__(self, feature_channels: Mapping[int, int] = DEFAULT_CHANNELS) -> None:
+    def __init__(
+        self,
+        feature_channels: Mapping[int, int] = DEFAULT_CHANNELS,
+        decoder_channels: tuple[int, int, int] = DECODER_CHANNELS,
+    ) -> None:
         """``feature_channels``: the encoder's channels at strides 4, 8 and 16 (see
-        :attr:`EncoderVariant.channels`)."""
+        :attr:`EncoderVariant.channels`); ``decoder_channels``: the mask decoder's own at
+        strides 16, 8 and 4."""
         super().__init__()
         self.feature_channels = dict(feature_channels)
         self.key_projection = KeyProjection(feature_channels[16])
         self.memory_encoder = MemoryEncoder(feature_channels[16])
         self.mask_decoder = MaskDecoder(
-            feature_channels=(feature_channels[16], feature_channels[8], feature_channels[4])
+            channels=tuple(decoder_channels),
+            feature_channels=(feature_channels[16], feature_channels[8], feature_channels[4]),
         )
 
     def segment(
@@ -116,5 +136,6 @@ class TrackingNetwork(nn.Module):
         >>> TrackingNetwork.pretrained(variant="lite2").feature_channels
         {4: 24, 8: 48, 16: 120}
         """
+        path = path or tracker_weights_path(variant)
         channels = encoder_variant(variant).channels
-        return load_frozen(cls(channels), path or tracker_weights_path(variant))
+        return load_frozen(cls(channels, decoder_channels_of(path)), path)
