@@ -91,8 +91,8 @@ def load_sequences(
 
 
 HOLD_OUT_FOLDS = 5
-_Item = TypeVar("_Item")
 DEFAULT_HOLD_OUT_FOLD = 4
+_Item = TypeVar("_Item")  # a cache path or a sequence name
 
 
 def without_held_out(
