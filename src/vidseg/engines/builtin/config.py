@@ -63,7 +63,7 @@ class PromptsConfig:
     # A small object (once there is a mask or a box to size it by) is decoded in a window
     # this many times its size about its centre, at a finer resolution than in the whole
     # frame; 0 = always the whole frame.
-    zoom_context: float = 0.0
+    zoom_context: float = 3.0
 
     def __post_init__(self) -> None:
         encoder_variant(self.encoder)  # raises, naming the choices
@@ -121,7 +121,7 @@ class MemoryConfig:
     remember_absent: bool = False
     # A propagated frame enters an object's memory only if its mask is at least this share of
     # the object's prompted area (0 = always).
-    min_area_ratio: float = 0.0
+    min_area_ratio: float = 0.1
 
 
 @dataclass(frozen=True)
