@@ -181,13 +181,9 @@ def vidseg_untuned_allocator_method(
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
 # history (at their path of that release), and the settings it shipped with that differ.
-PREVIOUS_RELEASE = "0.10.0"
-_PREVIOUS_COMMIT = "7359565"
-_PREVIOUS_OVERRIDES = {
-    "encoder": {"variant": "lite2"},
-    "memory": {"min_area_ratio": 0.0},
-    "prompts": {"zoom_context": 0.0},
-}
+PREVIOUS_RELEASE = "0.11.0"
+_PREVIOUS_COMMIT = "f5d7850"
+_PREVIOUS_OVERRIDES: dict[str, dict] = {}
 _TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network_lite2.pt"
 
 

@@ -101,16 +101,13 @@ def test_previous_release_weights_come_from_git_history():
 
     assert baselines.vidseg_previous_unavailable() is None
     overrides = baselines.previous_release_overrides()
-    network = TrackingNetwork.pretrained(
-        overrides["tracker"]["weights"], overrides["encoder"]["variant"]
-    )
+    network = TrackingNetwork.pretrained(overrides["tracker"]["weights"])
     assert not network.training
-    # It differs from today's defaults in what that release shipped with.
-    from vidseg.engines.builtin import BuiltinConfig
+    # It differs from today's engine in what that release shipped: its tracker weights.
+    from vidseg.engines.builtin.network import tracker_weights_path
 
-    previous, current = BuiltinConfig.load(overrides=overrides), BuiltinConfig.load()
-    assert previous.memory.min_area_ratio == 0.0 < current.memory.min_area_ratio
-    assert previous.prompts.zoom_context == 0.0 < current.prompts.zoom_context
+    previous = Path(overrides["tracker"]["weights"]).read_bytes()
+    assert previous != tracker_weights_path().read_bytes()
 
 
 def test_section_replacement_keeps_the_rest(tmp_path):

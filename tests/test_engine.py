@@ -47,16 +47,17 @@ def video():
 
 
 @pytest.mark.parametrize(
-    ("variant", "channels"), [("lite0", (24, 40, 112)), ("lite2", (24, 48, 120))]
+    ("variant", "channels"), [("lite0", (16, 24, 40, 112)), ("lite2", (16, 24, 48, 120))]
 )
 def test_encoder_feature_shapes_and_determinism(variant, channels) -> None:
     encoder = EfficientNetLiteEncoder.pretrained(variant)
     image = normalize(torch.randint(0, 256, (1, 3, 96, 160), dtype=torch.uint8))
     with torch.inference_mode():
         first, second = encoder(image), encoder(image)
-    assert first.stride4.shape == (1, channels[0], 24, 40)
-    assert first.stride8.shape == (1, channels[1], 12, 20)
-    assert first.stride16.shape == (1, channels[2], 6, 10)
+    assert first.stride2.shape == (1, channels[0], 48, 80)
+    assert first.stride4.shape == (1, channels[1], 24, 40)
+    assert first.stride8.shape == (1, channels[2], 12, 20)
+    assert first.stride16.shape == (1, channels[3], 6, 10)
     assert tuple(encoder.channels.values()) == channels
     assert torch.equal(first.stride16, second.stride16)
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -90,7 +91,7 @@ def test_inference_runtimes_give_the_eager_encoders_features(video, runtime, var
     with torch.inference_mode():
         expected = EfficientNetLiteEncoder.pretrained(variant)(image)
     got = load_encoder(runtime, variant)(image)
-    for stride in (4, 8, 16):
+    for stride in (2, 4, 8, 16):
         want, have = getattr(expected, f"stride{stride}"), getattr(got, f"stride{stride}")
         assert have.shape == want.shape
         assert (have - want).abs().max() < 1e-3 * want.abs().max()
@@ -501,19 +502,24 @@ def test_the_window_follows_the_clicked_part_not_a_stray_blob() -> None:
     assert context_window(mask.shape, elsewhere, mask, context=3.0) is None
 
 
-def test_tracker_weights_of_another_decoder_width_load_with_their_width(tmp_path, video) -> None:
-    """``train_tracker.py --decoder-channels`` trains a wider or narrower mask decoder; the
-    engine reads the widths from the weights file, so such weights run as they are."""
+@pytest.mark.parametrize("widths", [(32, 16, 8), (32, 16, 8, 4)])
+def test_tracker_weights_of_another_decoder_width_load_with_their_width(
+    tmp_path, video, widths
+) -> None:
+    """``train_tracker.py --decoder-channels`` trains a wider or narrower mask decoder, or one
+    with a fourth stage at stride 2; the engine reads the widths from the weights file, so
+    such weights run as they are, with full-size masks either way."""
     from vidseg.engines.builtin.network import decoder_channels_of, save_half
     from vidseg.session import TrackingSession
 
-    narrow = TrackingNetwork(encoder_variant("lite2").channels, (32, 16, 8))
+    narrow = TrackingNetwork(encoder_variant("lite2").channels, widths)
     save_half(narrow, tmp_path / "narrow.pt")
-    assert decoder_channels_of(tmp_path / "narrow.pt") == (32, 16, 8)
+    assert decoder_channels_of(tmp_path / "narrow.pt") == widths
     engine = BuiltinEngine(
         BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "narrow.pt")}})
     )
-    assert engine.network.mask_decoder.logit.weight.shape[1] == 8
+    assert engine.network.mask_decoder.logit.weight.shape[1] == widths[-1]
+    assert engine.network.mask_decoder.output_stride == (2 if len(widths) == 4 else 4)
     session = TrackingSession(video.frames[:3], engine=engine)
     session.add_mask(0, 1, video.mask(0, video.object_ids[0]))
     results = list(session.propagate())

@@ -20,9 +20,10 @@ LITE0 = encoder_variant("lite0").channels  # the encoder of the clips below
 
 
 def _encoded_sequence(
-    name: str, width: int, height: int, variant: str = "lite0"
+    name: str, width: int, height: int, variant: str = "lite0", stride2: bool = False
 ) -> train_tracker.Sequence:
-    """A synthetic clip encoded like the feature cache does (original and mirrored)."""
+    """A synthetic clip encoded like the feature cache does (original and mirrored), with its
+    stride-2 features if asked (``feature_cache.py --stride2``)."""
     video = render_synthetic_video(num_frames=8, width=width, height=height, seed=1)
     encoder = EfficientNetLiteEncoder.pretrained(variant)
     frames = torch.from_numpy(np.stack(video.frames)).permute(0, 3, 1, 2)
@@ -36,7 +37,21 @@ def _encoded_sequence(
         stride8=torch.stack([e.stride8 for e in encoded]).half(),
         stride16=torch.stack([e.stride16 for e in encoded]).half(),
         masks=torch.stack([masks, masks.flip(-1)]),
+        stride2=torch.stack([e.stride2 for e in encoded]).half() if stride2 else None,
     )
+
+
+def _loss_after_steps(
+    network: TrackingNetwork, batch: train_tracker.Batch, steps: int = 15
+) -> float:
+    """The clip loss on ``batch`` after ``steps`` Adam steps on it (0: as the network is)."""
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        train_tracker.clip_loss(network, batch, hard_fraction=1.0).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return train_tracker.clip_loss(network, batch, hard_fraction=1.0).item()
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +93,26 @@ def test_a_few_steps_lower_the_loss_on_a_batch(sequence, variant) -> None:
         [sequence], np.random.default_rng(1), batch_size=2, max_gap=2, crop_cells=(6, 8)
     )
     network = TrackingNetwork(encoder_variant(variant).channels)
-    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    untrained = _loss_after_steps(network, batch, steps=0)
+    assert _loss_after_steps(network, batch) < 0.7 * untrained
 
-    def loss() -> torch.Tensor:
-        return train_tracker.clip_loss(network, batch, hard_fraction=1.0)
 
-    first = loss().item()
-    for _ in range(15):
-        optimizer.zero_grad()
-        value = loss()
-        value.backward()
-        optimizer.step()
-    assert loss().item() < 0.7 * first
+def test_a_stride2_decoder_trains_on_cropped_stride2_features() -> None:
+    """A fourth decoder width adds a stage on the stride-2 features: clips carry them cropped
+    like the masks (distractors and occluders included), and the network learns on them."""
+    torch.manual_seed(0)
+    sequence = _encoded_sequence("synthetic", 192, 128, stride2=True)
+    other = _encoded_sequence("other", 192, 128, stride2=True)
+    batch = train_tracker.sample_batch(
+        [sequence, other], np.random.default_rng(1), 2, 2, (6, 8), distractor_probability=1.0
+    )
+    assert batch.stride2.shape == (2, 3, 16, 48, 64)
+    network = TrackingNetwork(encoder_variant("lite0").channels, (32, 16, 16, 8))
+    assert network.mask_decoder.output_stride == 2
+    logits, _ = train_tracker.clip_logits(network, batch)
+    assert logits[0].shape == (2, 1, 48, 64)
+    untrained = _loss_after_steps(network, batch, steps=0)
+    assert _loss_after_steps(network, batch) < 0.7 * untrained
 
 
 def test_hidden_frames_lose_their_truth_and_take_other_features(sequence) -> None:

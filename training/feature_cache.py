@@ -11,6 +11,8 @@ float16: training then only runs the small learned network.
     python training/feature_cache.py --photometric 1 --per-sequence  # <sequence>-576-look1.pt:
                                                       # one such look for the whole sequence
     python training/feature_cache.py --encoder lite2  # <sequence>-576-lite2.pt: another encoder
+    python training/feature_cache.py --stride2        # and <sequence>-576-lite2-stride2.pt: the
+                                                      # stride-2 features too (6 GB for Lite2)
 """
 
 from __future__ import annotations
@@ -85,25 +87,37 @@ def cache_path(
     return cache_dir / f"{name}-{long_side}{suffix}.pt"
 
 
+#: What a sequence's cache file holds; its stride-2 features live in a companion file
+#: (:func:`stride2_path`), as only decoders with a stride-2 stage read them.
+CACHED = ("stride4", "stride8", "stride16", "masks")
+
+
+def stride2_path(path: Path) -> Path:
+    """The companion of the cache file ``path`` holding the same frames' stride-2 features."""
+    return path.with_name(f"{path.stem}-stride2.pt")
+
+
 def encode_frames(
-    encoder: EfficientNetLiteEncoder, frames: Iterable[tuple[np.ndarray, np.ndarray]]
+    encoder: EfficientNetLiteEncoder,
+    frames: Iterable[tuple[np.ndarray, np.ndarray]],
+    names: tuple[str, ...] = CACHED,
 ) -> dict[str, torch.Tensor]:
     """Features at strides 4/8/16 (float16) and masks (uint8) of (RGB frame, boolean mask)
     pairs already at the encoder's input size, as they are and mirrored: tensors shaped
-    (2, T, ...) with index 0 = original, 1 = mirrored. The layout of every cache file."""
-    features: dict[str, list[torch.Tensor]] = {"stride4": [], "stride8": [], "stride16": []}
-    masks = []
+    (2, T, ...) with index 0 = original, 1 = mirrored. The layout of every cache file.
+    ``names`` picks what to keep (``"stride2"`` for a companion file)."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for image, mask in frames:
         images = torch.from_numpy(np.stack([image, image[:, ::-1]])).permute(0, 3, 1, 2)
         with torch.inference_mode():
             encoded = encoder(normalize(images.contiguous()))
-        for stride_name in features:
-            features[stride_name].append(getattr(encoded, stride_name).half())
-        mask = mask.astype(np.uint8)
-        masks.append(torch.from_numpy(np.stack([mask, mask[:, ::-1]])))
-    cached = {key: torch.stack(value, 1) for key, value in features.items()}
-    cached["masks"] = torch.stack(masks, 1)
-    return cached
+        for name in names:
+            if name == "masks":
+                mask = mask.astype(np.uint8)
+                parts[name].append(torch.from_numpy(np.stack([mask, mask[:, ::-1]])))
+            else:
+                parts[name].append(getattr(encoded, name).half())
+    return {name: torch.stack(value, 1) for name, value in parts.items()}
 
 
 def save_cache(path: Path, encode: Callable[[], dict[str, torch.Tensor]]) -> None:
@@ -123,12 +137,14 @@ def encode_sequence(
     long_side: int,
     photometric: int = 0,
     per_sequence: bool = False,
+    names: tuple[str, ...] = CACHED,
 ) -> dict[str, torch.Tensor]:
     """A train sequence's frames and masks at the encoder's input size, encoded by
-    :func:`encode_frames`. With ``photometric`` = k > 0, each frame first goes through
-    :func:`photometric_jitter`, drawn from a generator seeded by k and the sequence's name:
-    anew per frame, or with ``per_sequence`` the same draw for every frame (one camera's look:
-    the frames change together, so the memory and the query still look alike)."""
+    :func:`encode_frames` (keeping ``names``). With ``photometric`` = k > 0, each frame first
+    goes through :func:`photometric_jitter`, drawn from a generator seeded by k and the
+    sequence's name: anew per frame, or with ``per_sequence`` the same draw for every frame
+    (one camera's look: the frames change together, so the memory and the query still look
+    alike)."""
     seed = [photometric, zlib.crc32(name.encode())]
     rng = np.random.default_rng(seed)
     mask_dir = davis_root / "Annotations" / "480p" / name
@@ -145,7 +161,7 @@ def encode_sequence(
             yield small, cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
 
     with open_frames(davis_root / "videos" / f"{name}.mp4") as frames:
-        return encode_frames(encoder, resized(frames))
+        return encode_frames(encoder, resized(frames), names)
 
 
 def build_cache(
@@ -155,11 +171,13 @@ def build_cache(
     photometric: int = 0,
     per_sequence: bool = False,
     encoder_name: str | None = None,
+    stride2: bool = False,
 ) -> list[Path]:
     """Encode every train sequence not cached yet by the encoder ``encoder_name`` (default: the
     engine's), its input scaled to ``long_side`` (default: the engine's), and re-photographed
     by :func:`photometric_jitter` for ``photometric`` > 0 (the variant's number; per frame, or
-    ``per_sequence``); return the cache files in train-list order."""
+    ``per_sequence``); with ``stride2``, its stride-2 features too (:func:`stride2_path`).
+    Return the cache files in train-list order."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     defaults = BuiltinConfig.load().encoder
     long_side = long_side or defaults.long_side
@@ -174,6 +192,13 @@ def build_cache(
                 encoder, davis_root, name, long_side, photometric, per_sequence
             ),
         )
+        if stride2:
+            save_cache(
+                stride2_path(path),
+                lambda name=name: encode_sequence(
+                    encoder, davis_root, name, long_side, photometric, per_sequence, ("stride2",)
+                ),
+            )
         paths.append(path)
     return paths
 
@@ -200,6 +225,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--encoder", choices=list(ENCODER_VARIANTS), help="default: the engine's [encoder] variant"
     )
+    parser.add_argument(
+        "--stride2",
+        action="store_true",
+        help="cache the stride-2 features too (for mask decoders with a stride-2 stage)",
+    )
     arguments = parser.parse_args()
     torch.manual_seed(0)
     build_cache(
@@ -209,4 +239,5 @@ if __name__ == "__main__":
         arguments.photometric,
         arguments.per_sequence,
         arguments.encoder,
+        arguments.stride2,
     )

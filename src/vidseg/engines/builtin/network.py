@@ -40,17 +40,21 @@ def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
-#: The mask decoder's own channels at strides 16, 8 and 4 (the shipped weights' widths).
+#: The mask decoder's own channels at strides 16, 8 and 4 (the shipped weights' widths); a
+#: fourth width adds a stage at stride 2.
 DECODER_CHANNELS = (64, 32, 16)
 
 
-def decoder_channels_of(path: str | Path) -> tuple[int, int, int]:
-    """The mask decoder's channels at strides 16, 8 and 4 in the tracker weights at ``path``
-    (``train_tracker.py --decoder-channels`` can train other widths)."""
+def decoder_channels_of(path: str | Path) -> tuple[int, ...]:
+    """The mask decoder's channels at strides 16, 8, 4 (and 2, if it has that stage) in the
+    tracker weights at ``path`` (``train_tracker.py --decoder-channels`` can train other
+    widths)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return tuple(  # type: ignore[return-value]
+    stages = ("query_projection", "up8.reduce", "up4.reduce", "up2.reduce")
+    return tuple(
         int(state[f"mask_decoder.{name}.weight"].shape[0])
-        for name in ("query_projection", "up8.reduce", "up4.reduce")
+        for name in stages
+        if f"mask_decoder.{name}.weight" in state
     )
 
 
@@ -88,23 +92,23 @@ def save_half(module: nn.Module, path: str | Path) -> None:
 
 class TrackingNetwork(nn.Module):
     """Key projection + memory encoder + mask decoder, for an encoder with
-    ``feature_channels`` at strides 4, 8 and 16."""
+    ``feature_channels`` at strides 2, 4, 8 and 16."""
 
     def __init__(
         self,
         feature_channels: Mapping[int, int] = DEFAULT_CHANNELS,
-        decoder_channels: tuple[int, int, int] = DECODER_CHANNELS,
+        decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
     ) -> None:
-        """``feature_channels``: the encoder's channels at strides 4, 8 and 16 (see
+        """``feature_channels``: the encoder's channels at strides 2, 4, 8 and 16 (see
         :attr:`EncoderVariant.channels`); ``decoder_channels``: the mask decoder's own at
-        strides 16, 8 and 4."""
+        strides 16, 8 and 4, and 2 for a stage there."""
         super().__init__()
         self.feature_channels = dict(feature_channels)
         self.key_projection = KeyProjection(feature_channels[16])
         self.memory_encoder = MemoryEncoder(feature_channels[16])
         self.mask_decoder = MaskDecoder(
             channels=tuple(decoder_channels),
-            feature_channels=(feature_channels[16], feature_channels[8], feature_channels[4]),
+            feature_channels=tuple(feature_channels[s] for s in (16, 8, 4, 2)),
         )
 
     def segment(
@@ -115,8 +119,10 @@ class TrackingNetwork(nn.Module):
         features4: torch.Tensor,
         memory_keys: torch.Tensor,
         memory_values: torch.Tensor,
+        features2: torch.Tensor | None = None,
     ) -> DecodedMasks:
-        """Mask logits at stride 4 and presence logits for a query frame, read from memory.
+        """Mask logits (at the decoder's ``output_stride``) and presence logits for a query
+        frame, read from memory.
 
         ``query_key`` (N, C, h, w) and ``query16`` (N, 64, h, w, from
         ``mask_decoder.project_query``); ``memory_keys`` (N, C, M) and ``memory_values``
@@ -124,7 +130,7 @@ class TrackingNetwork(nn.Module):
         """
         affinity = memory_affinity(query_key, memory_keys)
         readout = read_values(affinity, memory_values, query_key.shape[-2:])
-        return self.mask_decoder(readout, query16, features8, features4)
+        return self.mask_decoder(readout, query16, features8, features4, features2)
 
     @classmethod
     def pretrained(
@@ -134,7 +140,7 @@ class TrackingNetwork(nn.Module):
         trained on that encoder's features), in eval mode, gradients off.
 
         >>> TrackingNetwork.pretrained(variant="lite2").feature_channels
-        {4: 24, 8: 48, 16: 120}
+        {2: 16, 4: 24, 8: 48, 16: 120}
         """
         path = path or tracker_weights_path(variant)
         channels = encoder_variant(variant).channels

@@ -246,6 +246,7 @@ class BuiltinTracker(MemoryTracker):
                     query.query16.expand(count, -1, -1, -1),
                     query.features.stride8.expand(count, -1, -1, -1),
                     query.features.stride4.expand(count, -1, -1, -1),
+                    query.features.stride2.expand(count, -1, -1, -1),
                 )
             with self._stage("upsample"), torch.inference_mode():
                 full = F.interpolate(
@@ -254,7 +255,10 @@ class BuiltinTracker(MemoryTracker):
                 probabilities = torch.sigmoid(full)[:, 0].numpy()
                 presences = torch.sigmoid(decoded.presence_logits).tolist()
                 # The predicted object on the key grid (stride 16), for re-identification.
-                cells = F.avg_pool2d(torch.sigmoid(decoded.mask_logits), 4)[:, 0] >= 0.5
+                cells = F.adaptive_avg_pool2d(
+                    torch.sigmoid(decoded.mask_logits), query.key.shape[-2:]
+                )[:, 0]
+                cells = cells >= 0.5
             for obj, probability, presence, cells16 in zip(
                 group, probabilities, presences, cells, strict=True
             ):
