@@ -12,6 +12,10 @@ training-free matching tracker.
 
     python benchmarks/multi_object.py                 # writes the "multi-object" section
     python benchmarks/multi_object.py --counts 1,2 --no-write
+    python benchmarks/multi_object.py --fold 3 --engines vidseg+tracker.weights=hold3.pt
+
+``--fold N`` composites the train sequences that ``train_tracker.py --hold-out N`` leaves out,
+instead of val, to compare weights trained without them (it does not write the docs).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from common import (  # noqa: E402
     read_sequence_list,
     write_section,
 )
+from presence_holdout import held_out  # noqa: E402
 
 SECTION = "multi-object"
 CLIP_FRAMES = 50
@@ -146,13 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
     parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        help="composite the train sequences held out by train_tracker.py --hold-out FOLD "
+        "instead of val (implies --no-write)",
+    )
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import evaluate_sequence
 
-    sequences = read_sequence_list(args.data, "val")
+    if args.fold is None:
+        sequences = read_sequence_list(args.data, "val")
+    else:
+        sequences, args.no_write = held_out(args.data, args.fold), True
     counts = [int(c) for c in args.counts.split(",")]
-    rows, stage_rows = [], []
+    rows, stage_rows, object_rows = [], [], []
     stage_names: list[str] = []
     for key in args.engines.split(","):
         try:
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         builtin = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+        weighted = 0.0  # J&F summed over every object of every clip
         for count in counts:
             frames, labels = composite_clip(args.data, sequences, count)
             engine = RecordingEngine(builtin)
@@ -178,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             fps = (len(frames) - 1) / seconds
             rows.append(f"| {name} | {count} | {100 * scores.jf:.1f} | {switches} | {fps:.1f} |")
             print(rows[-1], file=sys.stderr, flush=True)
+            weighted += scores.jf * count
+        object_rows.append(f"| {name} | {sum(counts)} | {100 * weighted / sum(counts):.1f} |")
     command = "python benchmarks/multi_object.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
@@ -201,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             "| engine | objects | J&F | identity switches | fps |",
             "| --- | ---: | ---: | ---: | ---: |",
             *rows,
+            "",
+            "J&F per object, every object of every clip counted once:",
+            "",
+            "| engine | objects | J&F |",
+            "| --- | ---: | ---: |",
+            *object_rows,
             "",
             "Per-frame time by stage, milliseconds (the encoder runs once per frame whatever the "
             "number of objects; stages of the matching engine that the learned one lacks are "

@@ -128,3 +128,31 @@ def test_section_replacement_keeps_the_rest(tmp_path):
     )
     with pytest.raises(ValueError):
         common.replace_section("<!-- davis:begin -->\nunclosed", "davis", "x")
+
+
+DAVIS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "davis2016"
+
+
+@pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")
+def test_multi_object_hold_out_composites_score_each_object_once(tmp_path, capsys):
+    """``multi_object.py --fold N`` composites the train sequences held out by fold N (never
+    val), leaves the docs alone, and its per-object line weights each clip by its objects."""
+    multi_object = load("multi_object")
+    presence_holdout = load("presence_holdout")
+    held = presence_holdout.held_out(DAVIS, 3)
+    assert not set(held) & set(common.read_sequence_list(DAVIS, "val"))
+    doc = tmp_path / "BENCHMARKS.md"
+    multi_object.BENCHMARKS_MD = doc
+    multi_object.main(
+        ["--fold", "3", "--counts", "1,2", "--engines", "vidseg", "--data", str(DAVIS)]
+    )
+    assert not doc.exists()
+    rows = [
+        [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| vidseg |")
+    ]
+    per_clip = [float(row[2]) for row in rows if len(row) == 5]  # engine, objects, J&F, ...
+    per_object = [float(row[2]) for row in rows if len(row) == 3]  # engine, objects, J&F
+    assert len(per_clip) == 2 and per_clip[0] > 30
+    assert per_object == [pytest.approx((per_clip[0] + 2 * per_clip[1]) / 3, abs=0.1)]
