@@ -206,6 +206,34 @@ def test_a_pasted_distractor_covers_the_target_in_every_map(sequence) -> None:
     assert torch.equal(torch.nn.functional.max_pool2d(covered4, 4) > 0, covered16)
 
 
+def test_a_distractor_behind_the_target_shows_only_around_it(sequence) -> None:
+    """``paste_distractor(behind=True)``: the distractor passes behind the clip's object, so
+    the truth keeps all of the object and the distractor's features land only off it."""
+    marker = 7.0
+    other = _square_object(sequence, marker)
+    rng = np.random.default_rng(3)
+    overlapped = False
+    for _ in range(20):  # until a paste lands on the object
+        clip = train_tracker.crop_clip(sequence, 0, np.array([0, 2, 4]), (0, 0), (8, 12))
+        before = clip["masks"].clone()
+        pasted = train_tracker.paste_distractor(
+            clip, [sequence, other], rng, sequence.name, behind=True
+        )
+        if pasted is None:
+            continue
+        assert torch.equal(clip["masks"], before)  # the object is whole, in front
+        assert not (pasted.bool() & before.bool()).any()  # what shows of it is off the object
+        covered4 = (clip["stride4"] == marker).all(1)  # (T, h, w)
+        object4 = torch.nn.functional.avg_pool2d(before[:, 0:1], 4)[:, 0] > 0.5
+        assert not (covered4 & object4).any()
+        for t in range(pasted.shape[0]):  # did the square reach over the object?
+            rows, cols = torch.nonzero(pasted[t, 0], as_tuple=True)
+            if len(rows):
+                box = before[t, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+                overlapped = overlapped or bool(box.any())
+    assert overlapped  # some paste went behind the object, not only beside it
+
+
 def test_warped_frames_keep_features_and_mask_aligned(sequence) -> None:
     """Static-image sequences: one frame warped three ways. Features that are the mask itself
     (pooled to each stride) must still match the warped mask at every stride, and the three

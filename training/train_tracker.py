@@ -145,6 +145,7 @@ def sample_batch(
     photometric_probability: float = 0.0,
     per_clip_variant: bool = False,
     partial_occlusion_probability: float = 0.0,
+    behind_probability: float = 0.0,
 ) -> Batch:
     """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
@@ -157,7 +158,8 @@ def sample_batch(
     changes between the memory and the query, as under real lighting and compression. With
     ``per_clip_variant`` the whole clip comes from one variant (or none) instead. With
     ``partial_occlusion_probability``, a later frame that still shows the object has part of
-    it covered (:func:`cover_part`)."""
+    it covered (:func:`cover_part`). With ``behind_probability``, a distractor passes behind
+    the object instead of in front of it (``paste_distractor(behind=True)``)."""
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     while len(parts["masks"]) < batch_size:
         sequence = sequences[rng.integers(len(sequences))]
@@ -192,7 +194,9 @@ def sample_batch(
             warp_clip(clip, rng, strength=0.5)
         peers = same_scale(sequences, sequence)
         if distractor_probability and rng.random() < distractor_probability:
-            paste_distractor(clip, peers, rng, sequence.name)
+            # Drawn only when asked for, so that runs without it stay as they were.
+            behind = bool(behind_probability) and rng.random() < behind_probability
+            paste_distractor(clip, peers, rng, sequence.name, behind)
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
         for t in range(1, CLIP_FRAMES):
@@ -280,11 +284,15 @@ def paste_distractor(
     sequences: list[Sequence],
     rng: np.random.Generator,
     source_name: str,
+    behind: bool = False,
 ) -> torch.Tensor | None:
     """Teach the read-out to tell objects apart: another sequence's object, cut out along its
     mask in every feature map, moves through the clip in front of the target (the prompted
     frame included, where memory learns it as background); the truth loses what it covers. The
-    distractor comes from another sequence than ``source_name``, the clip's own. Returns the
+    distractor comes from another sequence than ``source_name``, the clip's own. With
+    ``behind``, it passes behind the clip's object instead, showing only around it, and the
+    truth keeps all of the object: the decoder learns not to spread onto an unlabelled object
+    next to its own (the background's own salient objects). Returns the
     distractor's own mask in the clip, shaped like ``clip["masks"]``, or None if none landed
     (the prompt decoder's training makes it the target half the time)."""
     others = [s for s in sequences if s.name != source_name]
@@ -316,6 +324,8 @@ def paste_distractor(
     rows_full = slice(sy1 * 16, (sy1 + dy2 - dy1) * 16)
     cols_full = slice(sx1 * 16, (sx1 + dx2 - dx1) * 16)
     cover_full = object_masks[:, None, rows_full, cols_full].float()
+    if behind:
+        cover_full = cover_full * (1 - clip["masks"][..., dy1 * 16 : dy2 * 16, dx1 * 16 : dx2 * 16])
     for stride in feature_strides("stride2" in clip):
         scale = 16 // stride
         name = "masks" if stride == 1 else f"stride{stride}"
@@ -624,6 +634,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.photometric_probability,
             arguments.photometric_per_sequence,
             arguments.partial_occlusion_probability,
+            arguments.distractor_behind_probability,
         )
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
@@ -701,6 +712,12 @@ if __name__ == "__main__":
         type=float,
         default=0.5,
         help="chance that a clip gets another sequence's object pasted in (paste_distractor)",
+    )
+    parser.add_argument(
+        "--distractor-behind-probability",
+        type=float,
+        default=0.0,
+        help="chance that a pasted distractor passes behind the object, not in front of it",
     )
     parser.add_argument(
         "--feature-dropout",
