@@ -40,9 +40,9 @@ def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
-#: The mask decoder's own channels at strides 16, 8 and 4 (the shipped weights' widths); a
-#: fourth width adds a stage at stride 2.
-DECODER_CHANNELS = (64, 32, 16)
+#: The mask decoder's own channels at strides 16, 8 and 4 (the shipped Lite2 weights' widths
+#: since 0.12.0; Lite0's are 64, 32, 16); a fourth width adds a stage at stride 2.
+DECODER_CHANNELS = (64, 48, 32)
 
 
 def decoder_channels_of(path: str | Path) -> tuple[int, ...]:
