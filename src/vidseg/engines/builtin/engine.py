@@ -24,6 +24,7 @@ from vidseg.engines.builtin.matching_tracker import MatchingTracker
 from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.engines.builtin.prompt_decoder import (
     PromptDecoder,
+    click_pixel,
     click_similarity,
     honour_clicks,
     prompt_maps,
@@ -248,9 +249,8 @@ def _clicked_parts(mask: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
     """The connected parts of ``mask`` that a positive click lands on (all of ``mask`` when
     none does)."""
     _, components = cv2.connectedComponents(mask.astype(np.uint8))
-    height, width = mask.shape
     labels = {
-        int(components[min(max(int(y), 0), height - 1), min(max(int(x), 0), width - 1)])
+        int(components[click_pixel(x, y, mask.shape)])
         for (x, y), label in zip(prompt.points, prompt.labels, strict=True)
         if label == 1
     } - {0}

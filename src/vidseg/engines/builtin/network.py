@@ -45,11 +45,16 @@ _Module = TypeVar("_Module", bound=nn.Module)
 DECODER_CHANNELS = (64, 48, 32)
 
 
-def decoder_channels_of(path: str | Path) -> tuple[int, ...]:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file saved by :func:`save_half`."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def decoder_channels_of(weights: str | Path | Mapping[str, torch.Tensor]) -> tuple[int, ...]:
     """The mask decoder's channels at strides 16, 8, 4 (and 2, if it has that stage) in the
-    tracker weights at ``path`` (``train_tracker.py --decoder-channels`` can train other
-    widths)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    tracker weights (a file, or its tensors from :func:`read_weights`;
+    ``train_tracker.py --decoder-channels`` can train other widths)."""
+    state = weights if isinstance(weights, Mapping) else read_weights(weights)
     stages = ("query_projection", "up8.reduce", "up4.reduce", "up2.reduce")
     return tuple(
         int(state[f"mask_decoder.{name}.weight"].shape[0])
@@ -62,9 +67,12 @@ def decoder_channels_of(path: str | Path) -> tuple[int, ...]:
 DEFAULT_CHANNELS = ENCODER_VARIANTS[DEFAULT_VARIANT].channels
 
 
-def load_frozen(module: _Module, path: str | Path) -> _Module:
-    """Load float16 weights saved by the training scripts; eval mode, gradients off."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_frozen(
+    module: _Module, path: str | Path, state: Mapping[str, torch.Tensor] | None = None
+) -> _Module:
+    """Load float16 weights saved by the training scripts (``state``: the file's tensors, if
+    already read); eval mode, gradients off."""
+    state = read_weights(path) if state is None else state
     try:
         module.load_state_dict({name: value.float() for name, value in state.items()})
     except RuntimeError as error:
@@ -144,4 +152,5 @@ class TrackingNetwork(nn.Module):
         """
         path = path or tracker_weights_path(variant)
         channels = encoder_variant(variant).channels
-        return load_frozen(cls(channels, decoder_channels_of(path)), path)
+        state = read_weights(path)
+        return load_frozen(cls(channels, decoder_channels_of(state)), path, state)

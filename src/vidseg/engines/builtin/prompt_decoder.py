@@ -76,6 +76,12 @@ def prompt_maps(
     return maps
 
 
+def click_pixel(x: float, y: float, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(row, column) of the pixel a click at (``x``, ``y``) lands on, clamped into a frame of
+    ``shape`` (height, width, ...): a click on the border may be a hair outside it."""
+    return min(max(int(y), 0), shape[0] - 1), min(max(int(x), 0), shape[1] - 1)
+
+
 def honour_clicks(
     mask: np.ndarray, points: np.ndarray, labels: np.ndarray, max_radius: float
 ) -> np.ndarray:
@@ -84,9 +90,8 @@ def honour_clicks(
     treats uniformly there (at most ``max_radius`` px) takes the click's label. A click then
     always changes what it lands on, so the next click has something new to correct."""
     mask = mask.copy()
-    height, width = mask.shape
     for (x, y), label in zip(np.asarray(points).reshape(-1, 2), labels, strict=True):
-        col, row = min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)
+        row, col = click_pixel(x, y, mask.shape)
         if mask[row, col] == bool(label):
             continue
         same = (mask == mask[row, col]).astype(np.uint8)
