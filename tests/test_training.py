@@ -468,3 +468,33 @@ def test_procedural_frames_hold_one_target_shape_among_others() -> None:
     first = procedural_shapes.draw_frame(np.random.default_rng(0), 96, 160)
     assert again is not None and first is not None
     assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])
+
+
+def test_weight_averaging_returns_the_moving_average_and_keeps_the_last_weights(
+    tmp_path,
+) -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 1)
+    inputs = torch.randn(32, 3)
+    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5]])
+    decay, expected = 0.9, None
+
+    def batch_loss(step: int) -> tuple[torch.Tensor, str]:
+        nonlocal expected
+        # The weights the previous step left, folded into the average as fit() should.
+        weights = module.weight.detach().clone()
+        if step:
+            expected = weights if expected is None else decay * expected + (1 - decay) * weights
+        return ((module(inputs) - targets) ** 2).mean(), ""
+
+    averaged = train_tracker.fit(module, batch_loss, steps=30, lr=0.05, ema_decay=decay)
+    expected = decay * expected + (1 - decay) * module.weight.detach()
+    assert averaged is not module
+    assert torch.allclose(averaged.weight, expected, atol=1e-6)
+    assert not torch.allclose(averaged.weight, module.weight, atol=1e-3)
+
+    output = tmp_path / "weights.pt"
+    train_tracker.save_trained(module, averaged, output)
+    saved, last = torch.load(output), torch.load(tmp_path / "weights-last.pt")
+    assert torch.allclose(saved["weight"].float(), averaged.weight.half().float())
+    assert torch.allclose(last["weight"].float(), module.weight.half().float())

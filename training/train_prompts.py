@@ -43,6 +43,7 @@ from train_tracker import (
     load_sequences,
     paste_distractor,
     same_scale,
+    save_trained,
     segmentation_loss,
     training_arguments,
     without_held_out,
@@ -50,7 +51,7 @@ from train_tracker import (
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
-from vidseg.engines.builtin.network import prompt_weights_path, save_half
+from vidseg.engines.builtin.network import prompt_weights_path
 from vidseg.engines.builtin.prompt_decoder import PromptDecoder, click_similarity, prompt_maps
 
 
@@ -281,9 +282,8 @@ def train(arguments: argparse.Namespace) -> None:
                 add_clicks(examples, logits, rng)
         return torch.stack(losses).mean(), ""
 
-    fit(decoder, prompt_loss, arguments.steps, arguments.lr)
-    save_half(decoder, arguments.output)
-    print(f"wrote {arguments.output}", flush=True)
+    trained = fit(decoder, prompt_loss, arguments.steps, arguments.lr, arguments.ema_decay)
+    save_trained(decoder, trained, arguments.output)
 
 
 if __name__ == "__main__":

@@ -551,13 +551,22 @@ def fit(
     batch_loss: Callable[[int], tuple[torch.Tensor, str]],
     steps: int,
     lr: float,
-) -> None:
+    ema_decay: float = 0.0,
+) -> torch.nn.Module:
     """The optimisation loop both training scripts share: AdamW with a one-cycle learning
     rate, gradient clipping, a smoothed loss printed every 100 steps. ``batch_loss(step)``
-    samples a batch and returns its loss and a note for the log line."""
+    samples a batch and returns its loss and a note for the log line. Returns ``module``, or
+    with ``ema_decay`` an exponential moving average of its weights over the steps (a copy)."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=steps, pct_start=0.05
+    )
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay)
+        )
+        if ema_decay
+        else None
     )
     started, running = time.perf_counter(), 0.0
     for step in range(steps):
@@ -567,10 +576,24 @@ def fit(
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if averaged is not None:
+            averaged.update_parameters(module)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == steps - 1:
             minutes = (time.perf_counter() - started) / 60
             print(f"step {step:5d}  loss {running:.4f}  {note}  {minutes:5.1f} min", flush=True)
+    return module if averaged is None else averaged.module
+
+
+def save_trained(module: torch.nn.Module, trained: torch.nn.Module, output: Path) -> None:
+    """Write what :func:`fit` returned to ``output``; when that is an average of the weights,
+    the last step's own weights go beside it (``<output>-last.pt``) to compare against."""
+    save_half(trained, output)
+    print(f"wrote {output}", flush=True)
+    if trained is not module:
+        last = output.with_name(f"{output.stem}-last.pt")
+        save_half(module, last)
+        print(f"wrote {last} (the last step's weights)", flush=True)
 
 
 def train(arguments: argparse.Namespace) -> None:
@@ -648,9 +671,8 @@ def train(arguments: argparse.Namespace) -> None:
         loss = clip_loss(network, batch, hard_fraction, arguments.absent_mask_loss)
         return loss, f"gap {max_gap:2d}"
 
-    fit(network, batch_loss, arguments.steps, arguments.lr)
-    save_half(network, arguments.output)
-    print(f"wrote {arguments.output}", flush=True)
+    trained = fit(network, batch_loss, arguments.steps, arguments.lr, arguments.ema_decay)
+    save_trained(network, trained, arguments.output)
 
 
 def training_arguments(description: str, steps: int, encoder: str) -> argparse.ArgumentParser:
@@ -668,6 +690,13 @@ def training_arguments(description: str, steps: int, encoder: str) -> argparse.A
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="write an exponential moving average of the weights over the steps (e.g. 0.999; "
+        "0 = the last step's weights), and the last step's beside it as <output>-last.pt",
+    )
     parser.add_argument(
         "--encoder",
         choices=list(ENCODER_VARIANTS),
