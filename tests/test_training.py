@@ -69,6 +69,27 @@ def test_sampled_clips_are_cropped_consistently_and_show_the_object(sequence) ->
     assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
 
 
+def test_longer_clips_predict_every_later_frame_from_all_before_it(sequence) -> None:
+    rng = np.random.default_rng(0)
+    batch = train_tracker.sample_batch(
+        [sequence], rng, 2, max_gap=2, crop_cells=(6, 8), absence_probability=0.0, clip_frames=5
+    )
+    assert batch.masks.shape == (2, 5, 1, 96, 128)
+    torch.manual_seed(0)
+    network = TrackingNetwork(encoder_variant("lite0").channels)
+    seen = []
+    segment = network.segment
+
+    def recording_segment(*inputs, **options):
+        seen.append(inputs[4].shape[-1])  # memory cells
+        return segment(*inputs, **options)
+
+    network.segment = recording_segment
+    mask_logits, presence_logits = train_tracker.clip_logits(network, batch)
+    assert len(mask_logits) == len(presence_logits) == 4
+    assert seen == [48 * t for t in range(1, 5)]  # 6x8 cells per frame in memory
+
+
 def test_clips_mix_scales_but_take_distractors_and_occluders_from_their_own(sequence) -> None:
     larger = _encoded_sequence("synthetic-larger", 288, 160)
     assert train_tracker.same_scale([sequence, larger], larger) == [larger]

@@ -73,10 +73,10 @@ class Sequence:
 
 @dataclass
 class Batch:
-    stride4: torch.Tensor  # (B, CLIP_FRAMES, C, h, w) float32
+    stride4: torch.Tensor  # (B, T, C, h, w) float32
     stride8: torch.Tensor
     stride16: torch.Tensor
-    masks: torch.Tensor  # (B, CLIP_FRAMES, 1, H, W) float32
+    masks: torch.Tensor  # (B, T, 1, H, W) float32
     stride2: torch.Tensor | None = None  # when the sequences have them
 
 
@@ -146,8 +146,9 @@ def sample_batch(
     per_clip_variant: bool = False,
     partial_occlusion_probability: float = 0.0,
     behind_probability: float = 0.0,
+    clip_frames: int = CLIP_FRAMES,
 ) -> Batch:
-    """Random clips: a sequence, a mirror, three frames at gaps of 1..max_gap in random temporal
+    """Random clips: a sequence, a mirror, ``clip_frames`` frames (three by default) at gaps of 1..max_gap in random temporal
     order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
     ``static_probability`` the clip is one frame three times (a static-image sequence, made to
     move by :func:`warp_clip`), with ``warp_probability`` a real clip's frames are warped too;
@@ -163,15 +164,15 @@ def sample_batch(
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     while len(parts["masks"]) < batch_size:
         sequence = sequences[rng.integers(len(sequences))]
-        gaps = rng.integers(1, max_gap + 1, size=CLIP_FRAMES - 1)
-        gaps = np.minimum(gaps, (sequence.length - 1) // (CLIP_FRAMES - 1))
+        gaps = rng.integers(1, max_gap + 1, size=clip_frames - 1)
+        gaps = np.minimum(gaps, (sequence.length - 1) // (clip_frames - 1))
         start = rng.integers(0, sequence.length - gaps.sum())
         frames = start + np.concatenate([[0], np.cumsum(gaps)])
         if rng.random() < 0.5:
             frames = frames[::-1].copy()
         static = static_probability and rng.random() < static_probability
         if static:
-            frames = np.full(CLIP_FRAMES, frames[0])
+            frames = np.full(clip_frames, frames[0])
         mirror = int(rng.integers(2))
         cells_high, cells_wide = sequence.stride16.shape[-2:]
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
@@ -181,12 +182,12 @@ def sample_batch(
             # One look for the whole clip (variants cached with --per-sequence).
             variant = int(rng.integers(1, len(sequence.variants) + 1))
             variants = np.full(
-                CLIP_FRAMES, variant if rng.random() < photometric_probability else 0
+                clip_frames, variant if rng.random() < photometric_probability else 0
             )
         elif photometric_probability and sequence.variants:
             # Drawn only when asked for, so that runs without variants stay as they were.
-            variants = rng.integers(1, len(sequence.variants) + 1, size=CLIP_FRAMES)
-            variants[rng.random(CLIP_FRAMES) >= photometric_probability] = 0
+            variants = rng.integers(1, len(sequence.variants) + 1, size=clip_frames)
+            variants[rng.random(clip_frames) >= photometric_probability] = 0
         clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells, variants)
         if static:
             warp_clip(clip, rng, strength=1.0)
@@ -199,7 +200,7 @@ def sample_batch(
             paste_distractor(clip, peers, rng, sequence.name, behind)
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
-        for t in range(1, CLIP_FRAMES):
+        for t in range(1, clip_frames):
             hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells, absence_probability)
             # Drawn only when asked for, so that runs without it stay as they were.
             if partial_occlusion_probability and rng.random() < partial_occlusion_probability:
@@ -658,6 +659,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.photometric_per_sequence,
             arguments.partial_occlusion_probability,
             arguments.distractor_behind_probability,
+            arguments.clip_frames,
         )
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
@@ -728,6 +730,13 @@ if __name__ == "__main__":
         __doc__.split("\n\n")[0], 3500, BuiltinConfig.load().encoder.variant
     )
     parser.add_argument("--max-gap", type=int, default=20)
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        default=CLIP_FRAMES,
+        help=f"frames per training clip (default {CLIP_FRAMES}): the first prompted, each later "
+        "one predicted with all before it in memory, as at inference",
+    )
     parser.add_argument(
         "--decoder-channels",
         type=lambda text: tuple(int(c) for c in text.split(",")),
