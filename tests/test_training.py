@@ -519,3 +519,92 @@ def test_weight_averaging_returns_the_moving_average_and_keeps_the_last_weights(
     saved, last = torch.load(output), torch.load(tmp_path / "weights-last.pt")
     assert torch.allclose(saved["weight"].float(), averaged.weight.half().float())
     assert torch.allclose(last["weight"].float(), module.weight.half().float())
+
+
+def _flat_source(name: str, colour: tuple[int, int, int], background: int):
+    """A 12-frame source sequence: a flat-coloured disc moving over a flat background."""
+    import synthetic_clips
+
+    frames = np.full((12, 120, 200, 3), background, np.uint8)
+    masks = np.zeros((12, 120, 200), bool)
+    rows, cols = np.mgrid[:120, :200]
+    for t in range(12):
+        masks[t] = (rows - 60) ** 2 + (cols - 60 - 5 * t) ** 2 < 30**2
+        frames[t][masks[t]] = colour
+    return synthetic_clips.SourceSequence(name, frames, masks)
+
+
+def test_synthetic_sequences_paste_the_target_with_its_mask(monkeypatch) -> None:
+    import cv2
+    import synthetic_clips
+
+    # Without the recolouring, every object keeps its own flat colour.
+    monkeypatch.setattr(synthetic_clips, "photometric_jitter", lambda frame, rng: frame)
+    colours = [(250, 20, 20), (20, 250, 20), (250, 250, 250)]
+    sources = [
+        _flat_source(name, colour, background)
+        for name, colour, background in zip("abc", colours, (40, 90, 140), strict=True)
+    ]
+    rng = np.random.default_rng(0)
+    composed = [synthetic_clips.compose_sequence(sources, rng) for _ in range(12)]
+    composed = [c for c in composed if c is not None]
+    assert len(composed) >= 6
+    kernel = np.ones((5, 5), np.uint8)
+    for frames, masks in composed:
+        assert frames.shape == (8, 256, 448, 3) and frames.dtype == np.uint8
+        assert masks.shape == (8, 256, 448) and masks[0].sum() >= 64
+        inner = cv2.erode(masks[0].astype(np.uint8), kernel) > 0
+        colour = np.median(frames[0][inner], axis=0)
+        assert min(np.abs(colour - c).max() for c in colours) < 10  # one source's object
+        for frame, mask in zip(frames, masks, strict=True):
+            inner = cv2.erode(mask.astype(np.uint8), kernel) > 0
+            outer = cv2.dilate(mask.astype(np.uint8), kernel) > 0
+            like_target = np.abs(frame.astype(int) - colour).max(-1) < 10
+            if inner.any():
+                assert like_target[inner].mean() > 0.98  # the truth shows the target
+            # The target shows nowhere else (what a distractor in front covers left the truth).
+            assert (like_target & ~outer).sum() < 0.01 * like_target.size
+
+
+def test_synthetic_sequences_are_drawn_as_often_as_asked(sequence) -> None:
+    # The same features, but a truth that covers every pixel: clips from it are easy to tell.
+    composed = train_tracker.Sequence(
+        "synthetic-0",
+        stride4=sequence.stride4,
+        stride8=sequence.stride8,
+        stride16=sequence.stride16,
+        masks=torch.ones_like(sequence.masks),
+        synthetic=True,
+    )
+    assert not sequence.masks.bool().all()
+    rng = np.random.default_rng(0)
+    drawn = [
+        bool(
+            train_tracker.sample_batch(
+                [sequence, composed], rng, 1, 2, (6, 8), synthetic_probability=0.25
+            )
+            .masks[0, 0]
+            .all()
+        )
+        for _ in range(80)
+    ]
+    assert 10 <= sum(drawn) <= 30
+    never = train_tracker.sample_batch([sequence, composed], rng, 16, 2, (6, 8))
+    assert not never.masks[:, 0].flatten(1).all(1).any()
+
+
+def test_a_synthetic_cache_file_splits_into_its_sequences(tmp_path) -> None:
+    frames = train_tracker.SYNTHETIC_FRAMES
+    cached = {
+        "stride4": torch.arange(2 * 2 * frames, dtype=torch.float16).reshape(
+            2, 2 * frames, 1, 1, 1
+        ),
+        "stride8": torch.zeros(2, 2 * frames, 1, 1, 1, dtype=torch.float16),
+        "stride16": torch.zeros(2, 2 * frames, 1, 1, 1, dtype=torch.float16),
+        "masks": torch.zeros(2, 2 * frames, 4, 4, dtype=torch.uint8),
+    }
+    torch.save(cached, tmp_path / "synthetic-lite2-x-seed0-000.pt")
+    first, second = train_tracker.load_synthetic([tmp_path / "synthetic-lite2-x-seed0-000.pt"])
+    assert first.synthetic and second.synthetic and first.name != second.name
+    assert first.length == second.length == frames
+    assert torch.equal(second.stride4[1, 0], cached["stride4"][1, frames])

@@ -22,7 +22,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache, stride2_path
+from feature_cache import CACHE_DIR, DAVIS_ROOT, build_cache, stride2_path, train_sequences
+from synthetic_clips import SYNTHETIC_FRAMES, build_synthetic_cache
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import ENCODER_VARIANTS
@@ -55,6 +56,8 @@ class Sequence:
     # Photometric variants of the frames (feature_cache.py --photometric): per variant, the
     # three feature maps as above; the masks are the same.
     variants: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # Composed by synthetic_clips.py (a train object pasted onto another sequence), not filmed.
+    synthetic: bool = False
 
     @property
     def length(self) -> int:
@@ -98,6 +101,19 @@ def load_sequences(
             variant = torch.load(variant_path, weights_only=True, mmap=True)
             variants.append({name: variant[name] for name in ("stride4", "stride8", "stride16")})
         sequences.append(Sequence(path.stem, **cached, variants=variants))
+    return sequences
+
+
+def load_synthetic(paths: list[Path]) -> list[Sequence]:
+    """The synthetic sequences in ``synthetic_clips.py``'s cache files, memory-mapped: each
+    file holds CHUNK sequences of SYNTHETIC_FRAMES frames one after another."""
+    sequences = []
+    for path in paths:
+        cached = torch.load(path, weights_only=True, mmap=True)
+        for index in range(cached["masks"].shape[1] // SYNTHETIC_FRAMES):
+            frames = slice(index * SYNTHETIC_FRAMES, (index + 1) * SYNTHETIC_FRAMES)
+            parts = {name: value[:, frames] for name, value in cached.items()}
+            sequences.append(Sequence(f"{path.stem}-{index}", **parts, synthetic=True))
     return sequences
 
 
@@ -147,23 +163,35 @@ def sample_batch(
     partial_occlusion_probability: float = 0.0,
     behind_probability: float = 0.0,
     clip_frames: int = CLIP_FRAMES,
+    synthetic_probability: float = 0.0,
 ) -> Batch:
-    """Random clips: a sequence, a mirror, ``clip_frames`` frames (three by default) at gaps of 1..max_gap in random temporal
-    order, and a random crop (in stride-16 cells) in which the first frame shows the object; with
-    ``static_probability`` the clip is one frame three times (a static-image sequence, made to
-    move by :func:`warp_clip`), with ``warp_probability`` a real clip's frames are warped too;
-    with ``distractor_probability`` another sequence's object moves through the clip
-    (:func:`paste_distractor`), and the later frames may hide the object (:func:`hide_object`).
+    """Random clips: a sequence, a mirror, ``clip_frames`` frames (three by default) at gaps
+    of 1..max_gap in random temporal order, and a random crop (in stride-16 cells) in which
+    the first frame shows the object; with ``static_probability`` the clip is one frame three
+    times (a static-image sequence, made to move by :func:`warp_clip`), with
+    ``warp_probability`` a real clip's frames are warped too; with ``distractor_probability``
+    another sequence's object moves through the clip (:func:`paste_distractor`), and the later
+    frames may hide the object (:func:`hide_object`).
     With ``photometric_probability``, each frame of the clip is taken from a random
     photometric variant of the sequence (if it has any) with that chance: the object's look
     changes between the memory and the query, as under real lighting and compression. With
     ``per_clip_variant`` the whole clip comes from one variant (or none) instead. With
     ``partial_occlusion_probability``, a later frame that still shows the object has part of
     it covered (:func:`cover_part`). With ``behind_probability``, a distractor passes behind
-    the object instead of in front of it (``paste_distractor(behind=True)``)."""
+    the object instead of in front of it (``paste_distractor(behind=True)``). Synthetic
+    sequences (``Sequence.synthetic``) are drawn with ``synthetic_probability``, the filmed
+    ones otherwise."""
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+    filmed = [s for s in sequences if not s.synthetic]
+    composed = [s for s in sequences if s.synthetic]
     while len(parts["masks"]) < batch_size:
-        sequence = sequences[rng.integers(len(sequences))]
+        # Drawn only when asked for, so that runs without synthetic sequences stay as they were.
+        pool = (
+            composed
+            if synthetic_probability and rng.random() < synthetic_probability
+            else filmed or composed
+        )
+        sequence = pool[rng.integers(len(pool))]
         gaps = rng.integers(1, max_gap + 1, size=clip_frames - 1)
         gaps = np.minimum(gaps, (sequence.length - 1) // (clip_frames - 1))
         start = rng.integers(0, sequence.length - gaps.sum())
@@ -636,6 +664,24 @@ def train(arguments: argparse.Namespace) -> None:
         variant_paths += [[variant[i] for variant in variants] for i in range(len(scale_paths))]
     sequences = load_sequences(paths, variant_paths)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
+    synthetic = []
+    if arguments.synthetic_sequences:
+        if len(arguments.decoder_channels) > 3:
+            raise SystemExit("synthetic sequences have no stride-2 features: drop the 4th width")
+        folds = held_out_folds(arguments)
+        names = train_sequences(arguments.davis_root)
+        names = names if folds is None else without_held_out(names, folds)
+        synthetic = load_synthetic(
+            build_synthetic_cache(
+                names,
+                arguments.synthetic_sequences,
+                arguments.davis_root,
+                arguments.cache_dir,
+                arguments.encoder,
+            )
+        )[: arguments.synthetic_sequences]
+        print(f"{len(synthetic)} synthetic sequences", flush=True)
+    sequences += synthetic
     network = TrackingNetwork(
         ENCODER_VARIANTS[arguments.encoder].channels, arguments.decoder_channels
     )
@@ -660,6 +706,7 @@ def train(arguments: argparse.Namespace) -> None:
             arguments.partial_occlusion_probability,
             arguments.distractor_behind_probability,
             arguments.clip_frames,
+            arguments.synthetic_probability if synthetic else 0.0,
         )
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
@@ -813,6 +860,19 @@ if __name__ == "__main__":
         default=0.0,
         help="chance that a predicted frame showing the object has 30-70%% of it covered by "
         "another sequence's frame, from one side (the truth keeps what still shows)",
+    )
+    parser.add_argument(
+        "--synthetic-sequences",
+        type=int,
+        default=0,
+        help="compose, cache and train on this many synthetic sequences too (synthetic_clips.py: "
+        "train objects pasted in pixels onto other train sequences; none by default)",
+    )
+    parser.add_argument(
+        "--synthetic-probability",
+        type=float,
+        default=0.3,
+        help="with --synthetic-sequences, the chance that a clip comes from a synthetic one",
     )
     parser.add_argument(
         "--scales",
