@@ -14,6 +14,7 @@ from vidseg.engines.builtin.encoder import EfficientNetLiteEncoder, encoder_vari
 from vidseg.engines.builtin.network import TrackingNetwork
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import synthetic_clips  # noqa: E402
 import train_tracker  # noqa: E402
 
 LITE0 = encoder_variant("lite0").channels  # the encoder of the clips below
@@ -523,8 +524,6 @@ def test_weight_averaging_returns_the_moving_average_and_keeps_the_last_weights(
 
 def _flat_source(name: str, colour: tuple[int, int, int], background: int):
     """A 12-frame source sequence: a flat-coloured disc moving over a flat background."""
-    import synthetic_clips
-
     frames = np.full((12, 120, 200, 3), background, np.uint8)
     masks = np.zeros((12, 120, 200), bool)
     rows, cols = np.mgrid[:120, :200]
@@ -536,7 +535,6 @@ def _flat_source(name: str, colour: tuple[int, int, int], background: int):
 
 def test_synthetic_sequences_paste_the_target_with_its_mask(monkeypatch) -> None:
     import cv2
-    import synthetic_clips
 
     # Without the recolouring, every object keeps its own flat colour.
     monkeypatch.setattr(synthetic_clips, "photometric_jitter", lambda frame, rng: frame)

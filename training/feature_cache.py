@@ -45,6 +45,15 @@ def train_sequences(davis_root: Path) -> list[str]:
     return (davis_root / "ImageSets" / "2016" / "train.txt").read_text().split()
 
 
+def read_sequence(davis_root: Path, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A train sequence's frames (RGB uint8) and masks (bool), as stored (the frames from its
+    mp4, one mask PNG per frame)."""
+    mask_dir = davis_root / "Annotations" / "480p" / name
+    with open_frames(davis_root / "videos" / f"{name}.mp4") as frames:
+        for index, frame in enumerate(frames):
+            yield frame, read_mask(mask_dir / f"{index:05d}.png") > 0
+
+
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A randomly re-photographed RGB uint8 frame: brightness, contrast, saturation, hue and
     gamma changed, then, each with a 30% chance, Gaussian blur, sensor noise and JPEG
@@ -147,21 +156,18 @@ def encode_sequence(
     alike)."""
     seed = [photometric, zlib.crc32(name.encode())]
     rng = np.random.default_rng(seed)
-    mask_dir = davis_root / "Annotations" / "480p" / name
 
-    def resized(frames) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        height, width = encoder_input_size(frames.info.height, frames.info.width, long_side)
-        for index, frame in enumerate(frames):
+    def resized() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for frame, mask in read_sequence(davis_root, name):
+            height, width = encoder_input_size(*frame.shape[:2], long_side)
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             if photometric:
                 small = photometric_jitter(
                     small, np.random.default_rng(seed) if per_sequence else rng
                 )
-            mask = read_mask(mask_dir / f"{index:05d}.png") > 0
             yield small, cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST)
 
-    with open_frames(davis_root / "videos" / f"{name}.mp4") as frames:
-        return encode_frames(encoder, resized(frames), names)
+    return encode_frames(encoder, resized(), names)
 
 
 def build_cache(

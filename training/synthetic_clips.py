@@ -29,6 +29,7 @@ from feature_cache import (
     DAVIS_ROOT,
     encode_frames,
     photometric_jitter,
+    read_sequence,
     save_cache,
     train_sequences,
 )
@@ -36,8 +37,6 @@ from tqdm import tqdm
 
 from vidseg.engines.builtin.config import BuiltinConfig
 from vidseg.engines.builtin.encoder import ENCODER_VARIANTS, EfficientNetLiteEncoder
-from vidseg.evaluation import read_mask
-from vidseg.io import open_frames
 
 #: Frames per synthetic sequence, and its size: the training crop (16 x 28 stride-16 cells).
 SYNTHETIC_FRAMES = 8
@@ -59,15 +58,12 @@ class SourceSequence:
 
 def load_source(davis_root: Path, name: str) -> SourceSequence:
     frames, masks = [], []
-    mask_dir = davis_root / "Annotations" / "480p" / name
-    with open_frames(davis_root / "videos" / f"{name}.mp4") as source:
-        for index, frame in enumerate(source):
-            height, width = frame.shape[:2]
-            scale = SOURCE_LONG_SIDE / max(height, width)
-            size = (round(width * scale), round(height * scale))
-            frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
-            mask = read_mask(mask_dir / f"{index:05d}.png") > 0
-            masks.append(cv2.resize(mask.astype(np.uint8), size, cv2.INTER_NEAREST) > 0)
+    for frame, mask in read_sequence(davis_root, name):
+        height, width = frame.shape[:2]
+        scale = SOURCE_LONG_SIDE / max(height, width)
+        size = (round(width * scale), round(height * scale))
+        frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+        masks.append(cv2.resize(mask.astype(np.uint8), size, cv2.INTER_NEAREST) > 0)
     return SourceSequence(name, np.stack(frames), np.stack(masks))
 
 
