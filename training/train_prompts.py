@@ -282,7 +282,14 @@ def train(arguments: argparse.Namespace) -> None:
                 add_clicks(examples, logits, rng)
         return torch.stack(losses).mean(), ""
 
-    trained = fit(decoder, prompt_loss, arguments.steps, arguments.lr, arguments.ema_decay)
+    trained = fit(
+        decoder,
+        prompt_loss,
+        arguments.steps,
+        arguments.lr,
+        arguments.ema_decay,
+        arguments.weight_decay,
+    )
     save_trained(decoder, trained, arguments.output)
 
 

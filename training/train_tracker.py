@@ -42,6 +42,7 @@ ABSENCE_PROBABILITY = 0.3
 # crop (at the cache's scale), with this weight beside the mask loss.
 MIN_VISIBLE_PIXELS = 16
 PRESENCE_WEIGHT = 0.5
+WEIGHT_DECAY = 1e-4
 
 
 @dataclass
@@ -84,13 +85,17 @@ class Batch:
 
 
 def load_sequences(
-    paths: list[Path], variant_paths: list[list[Path]] | None = None
+    paths: list[Path],
+    variant_paths: list[list[Path]] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[Sequence]:
     """The cached sequences, memory-mapped: the page cache holds them once however many
     training processes read them (several scales of the cache are over 10 GB). With
     ``variant_paths`` (one list per path), each sequence also gets those photometric
     variants' features. Stride-2 features come along where their companion file is cached
-    (``feature_cache.py --stride2``)."""
+    (``feature_cache.py --stride2``). On another ``device`` than the CPU (a GPU) the
+    sequences are copied there whole, so that clips are cut and augmented where the network
+    runs (5.3 GB for Lite2's features)."""
     sequences = []
     for index, path in enumerate(paths):
         cached = torch.load(path, weights_only=True, mmap=True)
@@ -100,16 +105,22 @@ def load_sequences(
         for variant_path in variant_paths[index] if variant_paths else []:
             variant = torch.load(variant_path, weights_only=True, mmap=True)
             variants.append({name: variant[name] for name in ("stride4", "stride8", "stride16")})
+        if torch.device(device).type != "cpu":
+            cached = {name: value.to(device) for name, value in cached.items()}
+            variants = [{n: v.to(device) for n, v in variant.items()} for variant in variants]
         sequences.append(Sequence(path.stem, **cached, variants=variants))
     return sequences
 
 
-def load_synthetic(paths: list[Path]) -> list[Sequence]:
-    """The synthetic sequences in ``synthetic_clips.py``'s cache files, memory-mapped: each
-    file holds CHUNK sequences of SYNTHETIC_FRAMES frames one after another."""
+def load_synthetic(paths: list[Path], device: str | torch.device = "cpu") -> list[Sequence]:
+    """The synthetic sequences in ``synthetic_clips.py``'s cache files, memory-mapped (copied
+    to ``device`` when that is not the CPU): each file holds CHUNK sequences of
+    SYNTHETIC_FRAMES frames one after another."""
     sequences = []
     for path in paths:
         cached = torch.load(path, weights_only=True, mmap=True)
+        if torch.device(device).type != "cpu":
+            cached = {name: value.to(device) for name, value in cached.items()}
         for index in range(cached["masks"].shape[1] // SYNTHETIC_FRAMES):
             frames = slice(index * SYNTHETIC_FRAMES, (index + 1) * SYNTHETIC_FRAMES)
             parts = {name: value[:, frames] for name, value in cached.items()}
@@ -289,7 +300,7 @@ def warp_clip(clip: dict[str, torch.Tensor], rng: np.random.Generator, strength:
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         linear = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) / scale
         thetas.append(np.concatenate([linear, shift[:, None]], axis=1))
-    theta = torch.tensor(np.stack(thetas), dtype=torch.float32)
+    theta = torch.tensor(np.stack(thetas), dtype=torch.float32, device=clip["masks"].device)
     for name, value in clip.items():
         grid = F.affine_grid(theta, list(value.shape), align_corners=False)
         warped = F.grid_sample(
@@ -534,7 +545,7 @@ def clip_loss(
     if absent_mask_loss not in ABSENT_MASK_LOSSES:
         raise ValueError(f"absent_mask_loss {absent_mask_loss!r}: one of {ABSENT_MASK_LOSSES}")
     mask_logits, presence_logits = clip_logits(network, batch)
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=batch.masks.device)
     for t, (mask_logit, presence_logit) in enumerate(
         zip(mask_logits, presence_logits, strict=True)
     ):
@@ -581,12 +592,13 @@ def fit(
     steps: int,
     lr: float,
     ema_decay: float = 0.0,
+    weight_decay: float = WEIGHT_DECAY,
 ) -> torch.nn.Module:
     """The optimisation loop both training scripts share: AdamW with a one-cycle learning
     rate, gradient clipping, a smoothed loss printed every 100 steps. ``batch_loss(step)``
     samples a batch and returns its loss and a note for the log line. Returns ``module``, or
     with ``ema_decay`` an exponential moving average of its weights over the steps (a copy)."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=steps, pct_start=0.05
     )
@@ -662,7 +674,7 @@ def train(arguments: argparse.Namespace) -> None:
         ]
         paths += scale_paths
         variant_paths += [[variant[i] for variant in variants] for i in range(len(scale_paths))]
-    sequences = load_sequences(paths, variant_paths)
+    sequences = load_sequences(paths, variant_paths, arguments.device)
     print(f"{len(sequences)} sequences, {sum(s.length for s in sequences)} frames", flush=True)
     synthetic = []
     if arguments.synthetic_sequences:
@@ -678,13 +690,14 @@ def train(arguments: argparse.Namespace) -> None:
                 arguments.davis_root,
                 arguments.cache_dir,
                 arguments.encoder,
-            )
+            ),
+            arguments.device,
         )[: arguments.synthetic_sequences]
         print(f"{len(synthetic)} synthetic sequences", flush=True)
     sequences += synthetic
     network = TrackingNetwork(
         ENCODER_VARIANTS[arguments.encoder].channels, arguments.decoder_channels
-    )
+    ).to(arguments.device)
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
@@ -720,7 +733,14 @@ def train(arguments: argparse.Namespace) -> None:
         loss = clip_loss(network, batch, hard_fraction, arguments.absent_mask_loss)
         return loss, f"gap {max_gap:2d}"
 
-    trained = fit(network, batch_loss, arguments.steps, arguments.lr, arguments.ema_decay)
+    trained = fit(
+        network,
+        batch_loss,
+        arguments.steps,
+        arguments.lr,
+        arguments.ema_decay,
+        arguments.weight_decay,
+    )
     save_trained(network, trained, arguments.output)
 
 
@@ -738,6 +758,9 @@ def training_arguments(description: str, steps: int, encoder: str) -> argparse.A
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW's (decoupled) weight decay"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--ema-decay",
@@ -777,6 +800,12 @@ if __name__ == "__main__":
         __doc__.split("\n\n")[0], 3500, BuiltinConfig.load().encoder.variant
     )
     parser.add_argument("--max-gap", type=int, default=20)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu (the default; deterministic) or a GPU (cuda, cuda:1, ...), "
+        "which holds the whole feature cache; a GPU run is not bit-identical to a CPU one",
+    )
     parser.add_argument(
         "--clip-frames",
         type=int,

@@ -94,7 +94,8 @@ def save_half(module: nn.Module, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    torch.save({name: value.half() for name, value in module.state_dict().items()}, partial)
+    state = module.state_dict()
+    torch.save({name: value.detach().half().cpu() for name, value in state.items()}, partial)
     partial.rename(path)
 
 
