@@ -528,3 +528,46 @@ def test_tracker_weights_of_another_decoder_width_load_with_their_width(
     results = list(session.propagate())
     assert [r.frame_index for r in results] == [0, 1, 2]
     assert results[0].masks[1].shape == video.frames[0].shape[:2]
+
+
+def test_weights_that_read_the_previous_mask_decode_each_frame_after_the_last(
+    tmp_path, video
+) -> None:
+    """Tracker weights trained with ``--previous-mask`` are recognised from the file; the
+    engine then decodes each frame after the object's mask on the frame before: the prompt
+    (resized to stride 4) after the prompted frame, else its own prediction."""
+    from vidseg.engines.builtin.network import read_weights, reads_previous_mask, save_half
+    from vidseg.session import TrackingSession
+
+    torch.manual_seed(0)
+    save_half(
+        TrackingNetwork(encoder_variant("lite2").channels, previous_mask=True), tmp_path / "p.pt"
+    )
+    assert reads_previous_mask(read_weights(tmp_path / "p.pt"))
+    assert not reads_previous_mask(read_weights(tracker_weights_path("lite2")))
+    engine = BuiltinEngine(
+        BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "p.pt")}})
+    )
+    decoder = engine.network.mask_decoder
+    assert decoder.reads_previous_mask
+    seen, logits = [], []
+
+    def record(module, inputs, output) -> None:
+        seen.append(inputs[5])
+        logits.append(output.mask_logits)
+
+    hook = decoder.register_forward_hook(record)
+    try:
+        session = TrackingSession(video.frames[:3], engine=engine)
+        prompt = video.mask(0, video.object_ids[0])
+        session.add_mask(0, 1, prompt)
+        list(session.propagate())
+    finally:
+        hook.remove()
+    assert len(seen) == 3  # frames 0 (prompted: predicted, then the prompt wins), 1 and 2
+    height, width = seen[0].shape[-2:]
+    prompt4 = cv2.resize(prompt.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    assert np.allclose(seen[1][0, 0].numpy(), prompt4) and prompt4.max() == 1.0
+    assert torch.allclose(seen[2], torch.sigmoid(logits[1]))
+    assert not torch.allclose(seen[2], seen[1], atol=0.1)
+    assert seen[0].shape == logits[0].shape

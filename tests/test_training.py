@@ -606,3 +606,34 @@ def test_a_synthetic_cache_file_splits_into_its_sequences(tmp_path) -> None:
     assert first.synthetic and second.synthetic and first.name != second.name
     assert first.length == second.length == frames
     assert torch.equal(second.stride4[1, 0], cached["stride4"][1, frames])
+
+
+def test_a_decoder_reading_the_previous_mask_gets_the_prompt_then_its_own_prediction(
+    sequence,
+) -> None:
+    """``train_tracker.py --previous-mask``: the first predicted frame is decoded after the
+    prompted frame's true mask, each later one after the prediction before it (at stride 4,
+    as the engine keeps it); the network learns with it."""
+    torch.manual_seed(0)
+    batch = train_tracker.sample_batch(
+        [sequence], np.random.default_rng(1), batch_size=2, max_gap=2, crop_cells=(6, 8)
+    )
+    network = TrackingNetwork(LITE0, previous_mask=True)
+    seen, logits = [], []
+
+    def record(module, inputs, output) -> None:
+        seen.append(inputs[5])
+        logits.append(output.mask_logits)
+
+    network.mask_decoder.register_forward_hook(record)
+    with torch.no_grad():
+        train_tracker.clip_logits(network, batch)
+    truth4 = torch.nn.functional.avg_pool2d(batch.masks[:, 0], 4)
+    assert torch.equal(seen[0], truth4)
+    assert torch.allclose(seen[1], torch.sigmoid(logits[0]))
+    untrained = _loss_after_steps(network, batch, steps=0)
+    assert _loss_after_steps(network, batch) < 0.7 * untrained
+    readout = torch.zeros(2, 64, 6, 8)
+    query16 = network.mask_decoder.project_query(batch.stride16[:, 1])
+    with pytest.raises(ValueError, match="previous frame's mask"):
+        network.mask_decoder(readout, query16, batch.stride8[:, 1], batch.stride4[:, 1])

@@ -500,6 +500,11 @@ def clip_logits(
         network.memory_encoder(batch.stride16[:, 0], F.avg_pool2d(batch.masks[:, 0], 4)).flatten(2)
     ]
     mask_logits, presence_logits = [], []
+    # The mask on the frame before, at stride 4, for a decoder that reads it: the prompt's,
+    # then each prediction's, as at inference.
+    previous = (
+        F.avg_pool2d(batch.masks[:, 0], 4) if network.mask_decoder.reads_previous_mask else None
+    )
     for t in range(1, frames):
         decoded = network.segment(
             keys[:, t],
@@ -509,8 +514,11 @@ def clip_logits(
             torch.cat(memory_keys, 2),
             torch.cat(memory_values, 2),
             None if batch.stride2 is None else batch.stride2[:, t],
+            previous,
         )
         logit = decoded.mask_logits
+        if previous is not None:
+            previous = F.avg_pool2d(torch.sigmoid(logit), 4 // network.mask_decoder.output_stride)
         mask_logits.append(F.interpolate(logit, size=size, mode="bilinear", align_corners=False))
         presence_logits.append(decoded.presence_logits)
         if t + 1 < frames:
@@ -696,7 +704,9 @@ def train(arguments: argparse.Namespace) -> None:
         print(f"{len(synthetic)} synthetic sequences", flush=True)
     sequences += synthetic
     network = TrackingNetwork(
-        ENCODER_VARIANTS[arguments.encoder].channels, arguments.decoder_channels
+        ENCODER_VARIANTS[arguments.encoder].channels,
+        arguments.decoder_channels,
+        arguments.previous_mask,
     ).to(arguments.device)
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
@@ -820,6 +830,12 @@ if __name__ == "__main__":
         help="the mask decoder's channels at strides 16, 8 and 4 (default "
         f"{','.join(map(str, DECODER_CHANNELS))}), and a fourth for a stage at stride 2 (on the "
         "encoder's stride-2 features, cached first); the engine reads them from the weights",
+    )
+    parser.add_argument(
+        "--previous-mask",
+        action="store_true",
+        help="a mask decoder that also reads the object's mask on the frame before (the prompt's, "
+        "then its own prediction's), as a short-term prior; the engine sees it in the weights",
     )
     parser.add_argument(
         "--distractor-probability",

@@ -1,7 +1,9 @@
 """The mask decoder: from the value read out of memory at stride 16, up through the encoder's
 stride-8 and stride-4 features (and stride-2, for decoders with a fourth width), to a mask
 logit at stride 4 or 2 (U-Net style skips), and whether the object is in the frame at all (a
-presence logit, as SAM 2's occlusion score)."""
+presence logit, as SAM 2's occlusion score). Decoders trained with ``previous_mask`` also read
+the object's mask on the frame before (a short-term prior, the role of Cutie's and XMem's
+sensory memory), at strides 16 and 4."""
 
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ class UpsampleFuse(nn.Module):
         self.skip = nn.Conv2d(skip_channels, out_channels, 1)
         self.refine = ResidualBlock(out_channels)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``extra``: added beside the projected skip features (already ``out_channels``)."""
         x = F.interpolate(
             self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=False
         )
-        return self.refine(x + self.skip(skip))
+        x = x + self.skip(skip)
+        return self.refine(x if extra is None else x + extra)
 
 
 class DecodedMasks(NamedTuple):
@@ -57,9 +63,11 @@ class MaskDecoder(nn.Module):
         value_channels: int = 64,
         channels: tuple[int, ...] = (64, 32, 16),
         feature_channels: tuple[int, ...] = (112, 40, 24, 16),
+        previous_mask: bool = False,
     ):
         """``channels``: the decoder's own at strides 16, 8, 4 (and 2); ``feature_channels``:
-        the encoder's at strides 16, 8, 4, 2."""
+        the encoder's at strides 16, 8, 4, 2; ``previous_mask``: whether it reads the object's
+        mask on the previous frame too."""
         super().__init__()
         c16, c8, c4 = channels[:3]
         f16, f8, f4 = feature_channels[:3]
@@ -70,6 +78,10 @@ class MaskDecoder(nn.Module):
         self.up4 = UpsampleFuse(c8, f4, c4)
         self.up2 = UpsampleFuse(c4, feature_channels[3], channels[3]) if len(channels) > 3 else None
         self.logit = nn.Conv2d(channels[-1], 1, 3, 1, 1)
+        # The previous frame's mask, embedded where the decoder decides (stride 16) and where
+        # it draws the boundary (stride 4).
+        self.previous16 = nn.Conv2d(1, c16, 3, 1, 1) if previous_mask else None
+        self.previous4 = nn.Conv2d(1, c4, 3, 1, 1) if previous_mask else None
         # Presence from the whole frame's stride-16 state: its mean and its peak.
         self.presence = nn.Linear(2 * c16, 1)
 
@@ -77,6 +89,11 @@ class MaskDecoder(nn.Module):
     def output_stride(self) -> int:
         """The stride of the mask logit: 2 with a stride-2 stage, else 4."""
         return 4 if self.up2 is None else 2
+
+    @property
+    def reads_previous_mask(self) -> bool:
+        """Whether :meth:`forward` needs ``previous`` (the object's mask on the frame before)."""
+        return self.previous4 is not None
 
     def project_query(self, features16: torch.Tensor) -> torch.Tensor:
         return self.query_projection(features16)
@@ -88,14 +105,23 @@ class MaskDecoder(nn.Module):
         features8: torch.Tensor,
         features4: torch.Tensor,
         features2: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
     ) -> DecodedMasks:
         """All inputs batched over objects (N); ``features2`` is needed with a stride-2
-        stage."""
-        x = self.refine16(self.fuse16(torch.cat([readout, query16], 1)))
+        stage, and ``previous`` (N, 1, H/4, W/4), the object's mask probability on the frame
+        before (its prompt on a prompted frame), by a decoder that reads it."""
+        x = self.fuse16(torch.cat([readout, query16], 1))
+        previous4 = None
+        if self.previous4 is not None and self.previous16 is not None:
+            if previous is None:
+                raise ValueError("this mask decoder reads the previous frame's mask: pass previous")
+            previous4 = self.previous4(previous)
+            x = x + self.previous16(F.adaptive_avg_pool2d(previous, x.shape[-2:]))
+        x = self.refine16(x)
         pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
         presence_logits = self.presence(F.relu(pooled))[:, 0]
         x = self.up8(x, features8)
-        x = self.up4(x, features4)
+        x = self.up4(x, features4, previous4)
         if self.up2 is not None:
             if features2 is None:
                 raise ValueError("this mask decoder has a stride-2 stage: pass features2")

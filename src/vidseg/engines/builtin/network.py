@@ -63,6 +63,12 @@ def decoder_channels_of(weights: str | Path | Mapping[str, torch.Tensor]) -> tup
     )
 
 
+def reads_previous_mask(weights: Mapping[str, torch.Tensor]) -> bool:
+    """Whether tracker weights (their tensors, from :func:`read_weights`) were trained to read
+    the previous frame's mask (``train_tracker.py --previous-mask``)."""
+    return "mask_decoder.previous4.weight" in weights
+
+
 #: Channels of the default encoder's features at strides 4, 8 and 16.
 DEFAULT_CHANNELS = ENCODER_VARIANTS[DEFAULT_VARIANT].channels
 
@@ -107,10 +113,12 @@ class TrackingNetwork(nn.Module):
         self,
         feature_channels: Mapping[int, int] = DEFAULT_CHANNELS,
         decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+        previous_mask: bool = False,
     ) -> None:
         """``feature_channels``: the encoder's channels at strides 2, 4, 8 and 16 (see
         :attr:`EncoderVariant.channels`); ``decoder_channels``: the mask decoder's own at
-        strides 16, 8 and 4, and 2 for a stage there."""
+        strides 16, 8 and 4, and 2 for a stage there; ``previous_mask``: whether the decoder
+        reads the object's mask on the previous frame."""
         super().__init__()
         self.feature_channels = dict(feature_channels)
         self.key_projection = KeyProjection(feature_channels[16])
@@ -118,6 +126,7 @@ class TrackingNetwork(nn.Module):
         self.mask_decoder = MaskDecoder(
             channels=tuple(decoder_channels),
             feature_channels=tuple(feature_channels[s] for s in (16, 8, 4, 2)),
+            previous_mask=previous_mask,
         )
 
     def segment(
@@ -129,9 +138,11 @@ class TrackingNetwork(nn.Module):
         memory_keys: torch.Tensor,
         memory_values: torch.Tensor,
         features2: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
     ) -> DecodedMasks:
         """Mask logits (at the decoder's ``output_stride``) and presence logits for a query
-        frame, read from memory.
+        frame, read from memory (and from ``previous``, the mask on the frame before, for a
+        decoder that reads it).
 
         ``query_key`` (N, C, h, w) and ``query16`` (N, 64, h, w, from
         ``mask_decoder.project_query``); ``memory_keys`` (N, C, M) and ``memory_values``
@@ -139,7 +150,7 @@ class TrackingNetwork(nn.Module):
         """
         affinity = memory_affinity(query_key, memory_keys)
         readout = read_values(affinity, memory_values, query_key.shape[-2:])
-        return self.mask_decoder(readout, query16, features8, features4, features2)
+        return self.mask_decoder(readout, query16, features8, features4, features2, previous)
 
     @classmethod
     def pretrained(
@@ -154,4 +165,5 @@ class TrackingNetwork(nn.Module):
         path = path or tracker_weights_path(variant)
         channels = encoder_variant(variant).channels
         state = read_weights(path)
-        return load_frozen(cls(channels, decoder_channels_of(state)), path, state)
+        network = cls(channels, decoder_channels_of(state), reads_previous_mask(state))
+        return load_frozen(network, path, state)

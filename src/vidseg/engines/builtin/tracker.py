@@ -188,6 +188,12 @@ class BuiltinTracker(MemoryTracker):
         super().__init__(encoder, config, info)
         self.network = network
         self._query: _QueryFrame | None = None
+        # Each object's mask probability on the last frame it was prompted or predicted on,
+        # at stride 4 (1, H/4, W/4), for a mask decoder that reads the previous frame's mask;
+        # and the prompts' masks there, by frame, which stand in for the prediction on their
+        # frame.
+        self._previous: dict[int, torch.Tensor] = {}
+        self._prompts4: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
 
     def _encode(self, frame_index: int, frame: np.ndarray) -> _QueryFrame:
         if self._query is None or self._query.frame_index != frame_index:
@@ -215,6 +221,13 @@ class BuiltinTracker(MemoryTracker):
             )
             features16 = query.features.stride16.expand(len(object_ids), -1, -1, -1)
             values = self.network.memory_encoder(features16, torch.from_numpy(masks4)[:, None])
+        if prompted:
+            # A prompt is what the next frame is decoded after (and, until a pass reaches a
+            # prompted frame, the latest prompt is the best guess).
+            for obj, mask4 in zip(object_ids, masks4, strict=True):
+                self._previous[obj] = self._prompts4[frame_index][obj] = torch.from_numpy(mask4)[
+                    None
+                ]
         self.memory.add(
             MemoryFrame(
                 frame_index, prompted, query.key[0], dict(zip(object_ids, values, strict=True))
@@ -247,7 +260,9 @@ class BuiltinTracker(MemoryTracker):
                     query.features.stride8.expand(count, -1, -1, -1),
                     query.features.stride4.expand(count, -1, -1, -1),
                     query.features.stride2.expand(count, -1, -1, -1),
+                    self._previous_masks(group, query),
                 )
+                self._remember_previous(frame_index, group, decoded.mask_logits)
             with self._stage("upsample"), torch.inference_mode():
                 full = F.interpolate(
                     decoded.mask_logits, size=self.frame_size, mode="bilinear", align_corners=False
@@ -270,6 +285,28 @@ class BuiltinTracker(MemoryTracker):
                 )
                 for obj, (p, learned, cells) in predictions.items()
             }
+
+    def _previous_masks(self, group: list[int], query: _QueryFrame) -> torch.Tensor | None:
+        """The group's masks on the frame before (N, 1, H/4, W/4), for a decoder that reads
+        them (an object with none yet reads an empty mask)."""
+        if not self.network.mask_decoder.reads_previous_mask:
+            return None
+        empty = torch.zeros((1, *query.features.stride4.shape[-2:]))
+        return torch.stack([self._previous.get(obj, empty) for obj in group])
+
+    def _remember_previous(
+        self, frame_index: int, group: list[int], mask_logits: torch.Tensor
+    ) -> None:
+        """Keep the group's masks on this frame at stride 4 for the next frame's decoding: an
+        object's prompt here if it has one, else its predicted probability (as the network was
+        trained: the raw prediction, whatever the presence decision)."""
+        if not self.network.mask_decoder.reads_previous_mask:
+            return
+        stride = self.network.mask_decoder.output_stride
+        probabilities = F.avg_pool2d(torch.sigmoid(mask_logits), 4 // stride)
+        prompts = self._prompts4.get(frame_index, {})
+        for obj, probability in zip(group, probabilities, strict=True):
+            self._previous[obj] = prompts.get(obj, probability)
 
     def _object_match(self, obj: int, query: _QueryFrame, cells: torch.Tensor) -> float | None:
         """How much the predicted mask looks like the object in its prompted frames (see
