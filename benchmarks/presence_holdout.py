@@ -24,15 +24,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "training"))
 from baselines import setting_value  # noqa: E402
 from common import DEFAULT_DAVIS, open_sequence, read_sequence_list  # noqa: E402
 from occlusion import occluded_clip, score  # noqa: E402
+from train_tracker import without_held_out  # noqa: E402
 
 
 def held_out(davis_root: Path, fold: int = 4) -> list[str]:
-    """The sequences ``train_tracker.py --hold-out FOLD`` trains without (same rule)."""
-    train = sorted(read_sequence_list(davis_root, "train"))
-    return [name for i, name in enumerate(train) if i % 5 == fold]
+    """The sequences ``train_tracker.py --hold-out FOLD`` trains without (its own rule)."""
+    train = read_sequence_list(davis_root, "train")
+    kept = set(without_held_out(train, fold))
+    return [name for name in train if name not in kept]
 
 
 def main(argv: list[str] | None = None) -> None:
