@@ -233,6 +233,44 @@ def test_a_remnant_far_smaller_than_the_prompted_object_stays_out_of_memory() ->
     assert [m.frame_index for m in tracker.memory.recent] == [2]
 
 
+@pytest.mark.parametrize("keep_latest", [False, True])
+def test_sparse_memory_can_keep_the_latest_frame_besides_every_nth(keep_latest: bool) -> None:
+    """``[memory] every = 3``: every third propagated frame enters the FIFO; with
+    ``keep_latest`` the newest frame is remembered too until the next one replaces it, and
+    the read-out sees it (the bank iterates over it)."""
+    from vidseg.io import VideoInfo
+
+    config = BuiltinConfig.load(
+        overrides={"memory": {"every": 3, "recent_frames": 2, "keep_latest": keep_latest}}
+    )
+    tracker = BuiltinEngine(config).new_tracker(
+        VideoInfo(width=64, height=48, num_frames=12, fps=24)
+    )
+    frame = np.zeros((48, 64, 3), np.uint8)
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:30] = True
+    tracker.remember(0, frame, {1: mask}, prompted=True)
+    seen = []
+    for index in range(1, 9):
+        tracker.remember(index, frame, {1: mask}, prompted=False)
+        seen.append([m.frame_index for m in tracker.memory])
+    assert [m.frame_index for m in tracker.memory.recent] == [3, 6]
+    if keep_latest:
+        assert seen == [
+            [0, 1],
+            [0, 2],
+            [0, 3],
+            [0, 3, 4],
+            [0, 3, 5],
+            [0, 3, 6],
+            [0, 3, 6, 7],
+            [0, 3, 6, 8],
+        ]
+    else:
+        assert seen == [[0], [0], [0, 3], [0, 3], [0, 3], [0, 3, 6], [0, 3, 6], [0, 3, 6]]
+    assert sorted(tracker.predict(9, frame)) == [1]
+
+
 def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None:
     """A ghost as large as the object is kept (the check cannot tell it from the object when
     it is that large), but its poor match must not become what is usual for the object: the

@@ -112,6 +112,10 @@ class EncoderConfig:
 class MemoryConfig:
     recent_frames: int = 5  # size of the FIFO of recent frames (prompted frames are always kept)
     every: int = 1  # store every n-th propagated frame in the FIFO
+    # Keep the latest propagated frame in memory too, when ``every`` leaves it out of the FIFO
+    # (replaced by the next one): sparse memory for variety, the last frame for where things
+    # are now.
+    keep_latest: bool = False
     # Each query cell reads from its top_k most similar memory cells; 0 = all of them.
     # (The learned tracker only; the matching tracker has its own [readout] top_k.)
     top_k: int = 0

@@ -43,13 +43,13 @@ class MatchingTracker(MemoryTracker):
         return torch.from_numpy(small)
 
     # -- the Tracker protocol -----------------------------------------------------------------
-    def _store(
+    def _memory_frame(
         self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
-    ) -> None:
+    ) -> MemoryFrame:
         key16, _ = self._keys(frame_index, frame)
         with self._stage("memory encoder"):
             values16 = {obj: self._downsample(mask, 16) for obj, mask in masks.items()}
-        self.memory.add(MemoryFrame(frame_index, prompted, key16, values16))
+        return MemoryFrame(frame_index, prompted, key16, values16)
 
     def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
         object_ids = self.memory.object_ids()

@@ -28,27 +28,38 @@ class MemoryFrame:
 
 
 class MemoryBank:
-    """Prompted frames, always kept, plus a FIFO of at most ``recent_capacity`` recent frames.
+    """Prompted frames, always kept, plus a FIFO of at most ``recent_capacity`` recent frames,
+    and optionally the latest frame seen, when it is not in the FIFO (as STM keeps the previous
+    frame beside every fifth).
 
     >>> bank = MemoryBank(recent_capacity=2)
     >>> for i in range(4):
     ...     bank.add(MemoryFrame(i, i == 0, torch.zeros(1, 1, 1), {}))
+    >>> bank.add(MemoryFrame(4, False, torch.zeros(1, 1, 1), {}), latest_only=True)
     >>> [m.frame_index for m in bank.prompted], [m.frame_index for m in bank.recent]
     ([0], [2, 3])
+    >>> [m.frame_index for m in bank]
+    [0, 2, 3, 4]
     """
 
     def __init__(self, recent_capacity: int) -> None:
         self.prompted: list[MemoryFrame] = []
         self.recent: deque[MemoryFrame] = deque(maxlen=max(recent_capacity, 0) or None)
+        self.latest: MemoryFrame | None = None
         self._recent_capacity = recent_capacity
 
-    def add(self, memory: MemoryFrame) -> None:
+    def add(self, memory: MemoryFrame, *, latest_only: bool = False) -> None:
+        """Remember ``memory``: a prompted frame for good, else in the FIFO, or with
+        ``latest_only`` only until the next frame comes."""
         if memory.prompted:
             # A new prompt on an already prompted frame replaces it: it is a correction.
             self.prompted = [m for m in self.prompted if m.frame_index != memory.frame_index]
             self.prompted.append(memory)
+        elif latest_only:
+            self.latest = memory
         elif self._recent_capacity > 0:
             self.recent.append(memory)
+            self.latest = None  # the FIFO holds the latest frame now
 
     def object_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -59,6 +70,8 @@ class MemoryBank:
     def __iter__(self) -> Iterator[MemoryFrame]:
         yield from self.prompted
         yield from self.recent
+        if self.latest is not None:
+            yield self.latest
 
     def __len__(self) -> int:
-        return len(self.prompted) + len(self.recent)
+        return len(self.prompted) + len(self.recent) + (self.latest is not None)

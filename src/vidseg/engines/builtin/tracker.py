@@ -45,7 +45,8 @@ class _QueryFrame:
 class MemoryTracker(ABC):
     """What both trackers share: the memory bank, which frames enter it, frame encoding at the
     configured size and the presence decision. Implements :class:`vidseg.engines.base.Tracker`
-    once a subclass says how a frame is stored (:meth:`_store`) and read (``predict``)."""
+    once a subclass says how a frame is encoded for memory (:meth:`_memory_frame`) and read
+    (``predict``)."""
 
     def __init__(self, encoder: ImageEncoder, config: BuiltinConfig, info: VideoInfo) -> None:
         self.encoder = encoder
@@ -89,11 +90,17 @@ class MemoryTracker(ABC):
         *,
         prompted: bool,
     ) -> None:
+        # A propagated frame off the every-n-th schedule may still be kept as the latest one
+        # (``keep_latest``), replaced by the next.
+        latest_only = False
         if not prompted:
             self._frames_since_stored += 1
             if self._frames_since_stored < self.config.memory.every:
-                return
-            self._frames_since_stored = 0
+                if not self.config.memory.keep_latest:
+                    return
+                latest_only = True
+            else:
+                self._frames_since_stored = 0
             # An object judged absent stays out of this frame's memory (with remember_absent,
             # only one dropped by the re-identification check alone): a wrong "absent" in
             # memory would teach that the object is background and lose it for good.
@@ -113,13 +120,15 @@ class MemoryTracker(ABC):
         if prompted:
             for obj, mask in masks.items():
                 self._reference_area[obj] = float(mask.sum())
-        self._store(frame_index, frame, masks, prompted)
+        self.memory.add(
+            self._memory_frame(frame_index, frame, masks, prompted), latest_only=latest_only
+        )
 
     @abstractmethod
-    def _store(
+    def _memory_frame(
         self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
-    ) -> None:
-        """Add the frame with its objects' masks to the memory bank."""
+    ) -> MemoryFrame:
+        """The frame with its objects' masks, encoded for the memory bank."""
 
     def _presence(
         self,
@@ -204,9 +213,9 @@ class BuiltinTracker(MemoryTracker):
             self._query = _QueryFrame(frame_index, features, key, query16)
         return self._query
 
-    def _store(
+    def _memory_frame(
         self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
-    ) -> None:
+    ) -> MemoryFrame:
         query = self._encode(frame_index, frame)
         height, width = self.input_size[0] // 4, self.input_size[1] // 4
         object_ids = list(masks)
@@ -228,10 +237,8 @@ class BuiltinTracker(MemoryTracker):
                 self._previous[obj] = self._prompts4[frame_index][obj] = torch.from_numpy(mask4)[
                     None
                 ]
-        self.memory.add(
-            MemoryFrame(
-                frame_index, prompted, query.key[0], dict(zip(object_ids, values, strict=True))
-            )
+        return MemoryFrame(
+            frame_index, prompted, query.key[0], dict(zip(object_ids, values, strict=True))
         )
 
     def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
