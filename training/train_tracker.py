@@ -84,6 +84,13 @@ class Batch:
     stride2: torch.Tensor | None = None  # when the sequences have them
 
 
+def _on_device(tensors: dict[str, torch.Tensor], device: str | torch.device) -> dict:
+    """``tensors`` copied to ``device``; on the CPU left as they are (memory-mapped)."""
+    if torch.device(device).type == "cpu":
+        return tensors
+    return {name: value.to(device) for name, value in tensors.items()}
+
+
 def load_sequences(
     paths: list[Path],
     variant_paths: list[list[Path]] | None = None,
@@ -105,9 +112,8 @@ def load_sequences(
         for variant_path in variant_paths[index] if variant_paths else []:
             variant = torch.load(variant_path, weights_only=True, mmap=True)
             variants.append({name: variant[name] for name in ("stride4", "stride8", "stride16")})
-        if torch.device(device).type != "cpu":
-            cached = {name: value.to(device) for name, value in cached.items()}
-            variants = [{n: v.to(device) for n, v in variant.items()} for variant in variants]
+        cached = _on_device(cached, device)
+        variants = [_on_device(variant, device) for variant in variants]
         sequences.append(Sequence(path.stem, **cached, variants=variants))
     return sequences
 
@@ -118,9 +124,7 @@ def load_synthetic(paths: list[Path], device: str | torch.device = "cpu") -> lis
     SYNTHETIC_FRAMES frames one after another."""
     sequences = []
     for path in paths:
-        cached = torch.load(path, weights_only=True, mmap=True)
-        if torch.device(device).type != "cpu":
-            cached = {name: value.to(device) for name, value in cached.items()}
+        cached = _on_device(torch.load(path, weights_only=True, mmap=True), device)
         for index in range(cached["masks"].shape[1] // SYNTHETIC_FRAMES):
             frames = slice(index * SYNTHETIC_FRAMES, (index + 1) * SYNTHETIC_FRAMES)
             parts = {name: value[:, frames] for name, value in cached.items()}
@@ -517,13 +521,13 @@ def clip_logits(
             previous,
         )
         logit = decoded.mask_logits
+        # The memory encoder (and a decoder reading the previous mask) takes it at stride 4.
+        mask4 = F.avg_pool2d(torch.sigmoid(logit), 4 // network.mask_decoder.output_stride)
         if previous is not None:
-            previous = F.avg_pool2d(torch.sigmoid(logit), 4 // network.mask_decoder.output_stride)
+            previous = mask4
         mask_logits.append(F.interpolate(logit, size=size, mode="bilinear", align_corners=False))
         presence_logits.append(decoded.presence_logits)
         if t + 1 < frames:
-            # The memory encoder reads the mask at stride 4.
-            mask4 = F.avg_pool2d(torch.sigmoid(logit), 4 // network.mask_decoder.output_stride)
             memory_keys.append(keys[:, t].flatten(2))
             memory_values.append(network.memory_encoder(batch.stride16[:, t], mask4).flatten(2))
     return mask_logits, presence_logits
