@@ -543,23 +543,33 @@ def test_the_window_follows_the_clicked_part_not_a_stray_blob() -> None:
     assert context_window(mask.shape, elsewhere, mask, context=3.0) is None
 
 
-@pytest.mark.parametrize("widths", [(32, 16, 8), (32, 16, 8, 4)])
-def test_tracker_weights_of_another_decoder_width_load_with_their_width(
-    tmp_path, video, widths
+@pytest.mark.parametrize(
+    ("widths", "key_kernel"), [((32, 16, 8), 1), ((32, 16, 8, 4), 1), ((32, 16, 8), 3)]
+)
+def test_tracker_weights_of_another_shape_load_with_their_shape(
+    tmp_path, video, widths, key_kernel
 ) -> None:
     """``train_tracker.py --decoder-channels`` trains a wider or narrower mask decoder, or one
-    with a fourth stage at stride 2; the engine reads the widths from the weights file, so
-    such weights run as they are, with full-size masks either way."""
-    from vidseg.engines.builtin.network import decoder_channels_of, save_half
+    with a fourth stage at stride 2, and ``--key-kernel 3`` a key projection that sees each
+    cell's neighbours; the engine reads both from the weights file, so such weights run as
+    they are, with full-size masks either way."""
+    from vidseg.engines.builtin.network import (
+        decoder_channels_of,
+        key_kernel_of,
+        read_weights,
+        save_half,
+    )
     from vidseg.session import TrackingSession
 
-    narrow = TrackingNetwork(encoder_variant("lite2").channels, widths)
+    narrow = TrackingNetwork(encoder_variant("lite2").channels, widths, key_kernel=key_kernel)
     save_half(narrow, tmp_path / "narrow.pt")
     assert decoder_channels_of(tmp_path / "narrow.pt") == widths
+    assert key_kernel_of(read_weights(tmp_path / "narrow.pt")) == key_kernel
     engine = BuiltinEngine(
         BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "narrow.pt")}})
     )
     assert engine.network.mask_decoder.logit.weight.shape[1] == widths[-1]
+    assert engine.network.key_projection.projection.kernel_size == (key_kernel, key_kernel)
     assert engine.network.mask_decoder.output_stride == (2 if len(widths) == 4 else 4)
     session = TrackingSession(video.frames[:3], engine=engine)
     session.add_mask(0, 1, video.mask(0, video.object_ids[0]))

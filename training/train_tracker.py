@@ -711,6 +711,7 @@ def train(arguments: argparse.Namespace) -> None:
         ENCODER_VARIANTS[arguments.encoder].channels,
         arguments.decoder_channels,
         arguments.previous_mask,
+        arguments.key_kernel,
     ).to(arguments.device)
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
@@ -840,6 +841,14 @@ if __name__ == "__main__":
         action="store_true",
         help="a mask decoder that also reads the object's mask on the frame before (the prompt's, "
         "then its own prediction's), as a short-term prior; the engine sees it in the weights",
+    )
+    parser.add_argument(
+        "--key-kernel",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="the key projection's kernel size: 1 (each stride-16 cell alone) or 3 (with its "
+        "neighbours, as STM's key encoder); the engine reads it from the weights",
     )
     parser.add_argument(
         "--distractor-probability",

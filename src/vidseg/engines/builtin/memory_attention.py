@@ -17,11 +17,15 @@ KEY_CHANNELS = 64
 
 class KeyProjection(nn.Module):
     """Stride-16 encoder features (112 channels for Lite0) to matching keys
-    (``KEY_CHANNELS``)."""
+    (``KEY_CHANNELS``): a linear map of each cell (``kernel_size`` 1, the shipped weights'), or
+    of each cell and its eight neighbours (3, as STM's key encoder), so a key sees some of its
+    cell's surroundings."""
 
-    def __init__(self, in_channels: int = 112, key_channels: int = KEY_CHANNELS) -> None:
+    def __init__(
+        self, in_channels: int = 112, key_channels: int = KEY_CHANNELS, kernel_size: int = 1
+    ) -> None:
         super().__init__()
-        self.projection = nn.Conv2d(in_channels, key_channels, 1)
+        self.projection = nn.Conv2d(in_channels, key_channels, kernel_size, 1, kernel_size // 2)
 
     def forward(self, features16: torch.Tensor) -> torch.Tensor:
         return self.projection(features16)

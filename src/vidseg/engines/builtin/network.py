@@ -63,6 +63,12 @@ def decoder_channels_of(weights: str | Path | Mapping[str, torch.Tensor]) -> tup
     )
 
 
+def key_kernel_of(weights: Mapping[str, torch.Tensor]) -> int:
+    """The key projection's kernel size in tracker weights (their tensors, from
+    :func:`read_weights`): 1, or 3 for weights trained with ``train_tracker.py --key-kernel 3``."""
+    return int(weights["key_projection.projection.weight"].shape[-1])
+
+
 def reads_previous_mask(weights: Mapping[str, torch.Tensor]) -> bool:
     """Whether tracker weights (their tensors, from :func:`read_weights`) were trained to read
     the previous frame's mask (``train_tracker.py --previous-mask``)."""
@@ -114,14 +120,16 @@ class TrackingNetwork(nn.Module):
         feature_channels: Mapping[int, int] = DEFAULT_CHANNELS,
         decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
         previous_mask: bool = False,
+        key_kernel: int = 1,
     ) -> None:
         """``feature_channels``: the encoder's channels at strides 2, 4, 8 and 16 (see
         :attr:`EncoderVariant.channels`); ``decoder_channels``: the mask decoder's own at
         strides 16, 8 and 4, and 2 for a stage there; ``previous_mask``: whether the decoder
-        reads the object's mask on the previous frame."""
+        reads the object's mask on the previous frame; ``key_kernel``: the key projection's
+        kernel size (1 or 3)."""
         super().__init__()
         self.feature_channels = dict(feature_channels)
-        self.key_projection = KeyProjection(feature_channels[16])
+        self.key_projection = KeyProjection(feature_channels[16], kernel_size=key_kernel)
         self.memory_encoder = MemoryEncoder(feature_channels[16])
         self.mask_decoder = MaskDecoder(
             channels=tuple(decoder_channels),
@@ -165,5 +173,7 @@ class TrackingNetwork(nn.Module):
         path = path or tracker_weights_path(variant)
         channels = encoder_variant(variant).channels
         state = read_weights(path)
-        network = cls(channels, decoder_channels_of(state), reads_previous_mask(state))
+        network = cls(
+            channels, decoder_channels_of(state), reads_previous_mask(state), key_kernel_of(state)
+        )
         return load_frozen(network, path, state)
