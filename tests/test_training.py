@@ -73,7 +73,12 @@ def test_sampled_clips_are_cropped_consistently_and_show_the_object(sequence) ->
 def test_longer_clips_predict_every_later_frame_from_all_before_it(sequence) -> None:
     rng = np.random.default_rng(0)
     batch = train_tracker.sample_batch(
-        [sequence], rng, 2, max_gap=2, crop_cells=(6, 8), absence_probability=0.0, clip_frames=5
+        [sequence],
+        rng,
+        2,
+        max_gap=2,
+        crop_cells=(6, 8),
+        recipe=train_tracker.ClipRecipe(frames=5, absence_probability=0.0),
     )
     assert batch.masks.shape == (2, 5, 1, 96, 128)
     torch.manual_seed(0)
@@ -99,7 +104,12 @@ def test_clips_mix_scales_but_take_distractors_and_occluders_from_their_own(sequ
         # Distractors in every clip, occluders often: windows from the other scale's frames
         # would not line up with the crop.
         batch = train_tracker.sample_batch(
-            [sequence, larger], rng, 8, 3, (6, 8), distractor_probability=1.0
+            [sequence, larger],
+            rng,
+            8,
+            3,
+            (6, 8),
+            train_tracker.ClipRecipe(distractor_probability=1.0),
         )
         assert batch.stride16.shape == (8, 3, 112, 6, 8)
         assert batch.stride4.shape == (8, 3, 24, 24, 32)
@@ -126,7 +136,12 @@ def test_a_stride2_decoder_trains_on_cropped_stride2_features() -> None:
     sequence = _encoded_sequence("synthetic", 192, 128, stride2=True)
     other = _encoded_sequence("other", 192, 128, stride2=True)
     batch = train_tracker.sample_batch(
-        [sequence, other], np.random.default_rng(1), 2, 2, (6, 8), distractor_probability=1.0
+        [sequence, other],
+        np.random.default_rng(1),
+        2,
+        2,
+        (6, 8),
+        train_tracker.ClipRecipe(distractor_probability=1.0),
     )
     assert batch.stride2.shape == (2, 3, 16, 48, 64)
     network = TrackingNetwork(encoder_variant("lite0").channels, (32, 16, 16, 8))
@@ -149,7 +164,9 @@ def test_hidden_frames_lose_their_truth_and_take_other_features(sequence) -> Non
     )
     rng = np.random.default_rng(2)
     # A clip with nothing hidden, then hide_object on it (at 0.5, a cut or an occluder).
-    batch = train_tracker.sample_batch([sequence], rng, 1, 2, (6, 8), absence_probability=0.0)
+    batch = train_tracker.sample_batch(
+        [sequence], rng, 1, 2, (6, 8), train_tracker.ClipRecipe(absence_probability=0.0)
+    )
     clip = {
         "masks": batch.masks[0].clone(),
         "stride4": batch.stride4[0].clone(),
@@ -169,7 +186,9 @@ def test_a_partial_occluder_covers_one_side_of_the_object_and_keeps_the_rest(seq
     another sequence's features and loses its truth; the rest of the object still shows."""
     other = _square_object(sequence, marker=-7.0)
     rng = np.random.default_rng(5)
-    batch = train_tracker.sample_batch([sequence], rng, 1, 2, (6, 8), absence_probability=0.0)
+    batch = train_tracker.sample_batch(
+        [sequence], rng, 1, 2, (6, 8), train_tracker.ClipRecipe(absence_probability=0.0)
+    )
     for _ in range(8):  # several draws: sides and shares differ
         clip = {name: getattr(batch, name)[0].clone() for name in ("masks", "stride4")}
         clip["stride8"], clip["stride16"] = batch.stride8[0].clone(), batch.stride16[0].clone()
@@ -280,7 +299,12 @@ def test_warped_frames_keep_features_and_mask_aligned(sequence) -> None:
 def test_static_and_warped_clips_are_sampled_with_the_object_shown(sequence) -> None:
     rng = np.random.default_rng(1)
     batch = train_tracker.sample_batch(
-        [sequence], rng, batch_size=6, max_gap=3, crop_cells=(6, 8), static_probability=1.0
+        [sequence],
+        rng,
+        batch_size=6,
+        max_gap=3,
+        crop_cells=(6, 8),
+        recipe=train_tracker.ClipRecipe(static_probability=1.0),
     )
     assert (batch.masks[:, 0].flatten(1).sum(1) >= 64).all()
     # One frame three times, each warped its own way: the masks differ between frames.
@@ -378,7 +402,12 @@ def test_absent_frames_can_go_without_mask_loss(sequence) -> None:
     torch.manual_seed(0)
     network = TrackingNetwork(LITE0)
     batch = train_tracker.sample_batch(
-        [sequence], np.random.default_rng(2), 2, 2, (6, 8), absence_probability=0.0
+        [sequence],
+        np.random.default_rng(2),
+        2,
+        2,
+        (6, 8),
+        train_tracker.ClipRecipe(absence_probability=0.0),
     )
     losses = [train_tracker.clip_loss(network, batch, 1.0, kind) for kind in ("full", "none")]
     assert torch.isclose(losses[0], losses[1])  # every frame shows the object
@@ -439,9 +468,11 @@ def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence, 
             batch_size=16,
             max_gap=3,
             crop_cells=(6, 8),
-            absence_probability=0.0,
-            photometric_probability=probability,
-            per_clip_variant=per_clip,
+            recipe=train_tracker.ClipRecipe(
+                absence_probability=0.0,
+                photometric_probability=probability,
+                per_clip_variant=per_clip,
+            ),
         )
         from_variant = batch.stride16.flatten(2).mean(2) > 500  # (clips, frames)
         mixed = (from_variant.any(1) & ~from_variant.all(1)).any().item()
@@ -579,7 +610,12 @@ def test_synthetic_sequences_are_drawn_as_often_as_asked(sequence) -> None:
     drawn = [
         bool(
             train_tracker.sample_batch(
-                [sequence, composed], rng, 1, 2, (6, 8), synthetic_probability=0.25
+                [sequence, composed],
+                rng,
+                1,
+                2,
+                (6, 8),
+                train_tracker.ClipRecipe(synthetic_probability=0.25),
             )
             .masks[0, 0]
             .all()

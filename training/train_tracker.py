@@ -163,39 +163,47 @@ def same_scale(sequences: list[Sequence], sequence: Sequence) -> list[Sequence]:
     return [s for s in sequences if s.masks.shape[-2:] == size]
 
 
+@dataclass(frozen=True)
+class ClipRecipe:
+    """How :func:`sample_batch` draws and augments each clip; the chances are per clip unless
+    said otherwise."""
+
+    #: Frames per clip: the first prompted, each later one predicted.
+    frames: int = CLIP_FRAMES
+    #: Another sequence's object moves through the clip (:func:`paste_distractor`) ...
+    distractor_probability: float = 0.0
+    #: ... and passes behind the object instead of in front of it.
+    behind_probability: float = 0.0
+    #: The clip is one frame three times (a static-image sequence, moved by :func:`warp_clip`).
+    static_probability: float = 0.0
+    #: A real clip's frames are warped too.
+    warp_probability: float = 0.0
+    #: Per predicted frame, the chance of a cut, and again of an occluder (:func:`hide_object`).
+    absence_probability: float = ABSENCE_PROBABILITY
+    #: Per predicted frame that still shows the object, part of it is covered (:func:`cover_part`).
+    partial_occlusion_probability: float = 0.0
+    #: Per frame, it comes from a random photometric variant of the sequence (if it has any):
+    #: the object's look changes between memory and query, as under real lighting and
+    #: compression ...
+    photometric_probability: float = 0.0
+    #: ... or, with this, the whole clip comes from one variant (or none).
+    per_clip_variant: bool = False
+    #: A synthetic sequence (``Sequence.synthetic``) is drawn, a filmed one otherwise.
+    synthetic_probability: float = 0.0
+
+
 def sample_batch(
     sequences: list[Sequence],
     rng: np.random.Generator,
     batch_size: int,
     max_gap: int,
     crop_cells: tuple[int, int],
-    distractor_probability: float = 0.0,
-    static_probability: float = 0.0,
-    warp_probability: float = 0.0,
-    absence_probability: float = ABSENCE_PROBABILITY,
-    photometric_probability: float = 0.0,
-    per_clip_variant: bool = False,
-    partial_occlusion_probability: float = 0.0,
-    behind_probability: float = 0.0,
-    clip_frames: int = CLIP_FRAMES,
-    synthetic_probability: float = 0.0,
+    recipe: ClipRecipe = ClipRecipe(),
 ) -> Batch:
-    """Random clips: a sequence, a mirror, ``clip_frames`` frames (three by default) at gaps
-    of 1..max_gap in random temporal order, and a random crop (in stride-16 cells) in which
-    the first frame shows the object; with ``static_probability`` the clip is one frame three
-    times (a static-image sequence, made to move by :func:`warp_clip`), with
-    ``warp_probability`` a real clip's frames are warped too; with ``distractor_probability``
-    another sequence's object moves through the clip (:func:`paste_distractor`), and the later
-    frames may hide the object (:func:`hide_object`).
-    With ``photometric_probability``, each frame of the clip is taken from a random
-    photometric variant of the sequence (if it has any) with that chance: the object's look
-    changes between the memory and the query, as under real lighting and compression. With
-    ``per_clip_variant`` the whole clip comes from one variant (or none) instead. With
-    ``partial_occlusion_probability``, a later frame that still shows the object has part of
-    it covered (:func:`cover_part`). With ``behind_probability``, a distractor passes behind
-    the object instead of in front of it (``paste_distractor(behind=True)``). Synthetic
-    sequences (``Sequence.synthetic``) are drawn with ``synthetic_probability``, the filmed
-    ones otherwise."""
+    """Random clips: a sequence, a mirror, ``recipe.frames`` frames at gaps of 1..max_gap in
+    random temporal order, and a random crop (in stride-16 cells) in which the first frame
+    shows the object, augmented as ``recipe`` says."""
+    clip_frames = recipe.frames
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     filmed = [s for s in sequences if not s.synthetic]
     composed = [s for s in sequences if s.synthetic]
@@ -203,7 +211,7 @@ def sample_batch(
         # Drawn only when asked for, so that runs without synthetic sequences stay as they were.
         pool = (
             composed
-            if synthetic_probability and rng.random() < synthetic_probability
+            if recipe.synthetic_probability and rng.random() < recipe.synthetic_probability
             else filmed or composed
         )
         sequence = pool[rng.integers(len(pool))]
@@ -213,7 +221,7 @@ def sample_batch(
         frames = start + np.concatenate([[0], np.cumsum(gaps)])
         if rng.random() < 0.5:
             frames = frames[::-1].copy()
-        static = static_probability and rng.random() < static_probability
+        static = recipe.static_probability and rng.random() < recipe.static_probability
         if static:
             frames = np.full(clip_frames, frames[0])
         mirror = int(rng.integers(2))
@@ -221,32 +229,37 @@ def sample_batch(
         top = rng.integers(0, cells_high - crop_cells[0] + 1)
         left = rng.integers(0, cells_wide - crop_cells[1] + 1)
         variants = None
-        if photometric_probability and sequence.variants and per_clip_variant:
+        if recipe.photometric_probability and sequence.variants and recipe.per_clip_variant:
             # One look for the whole clip (variants cached with --per-sequence).
             variant = int(rng.integers(1, len(sequence.variants) + 1))
             variants = np.full(
-                clip_frames, variant if rng.random() < photometric_probability else 0
+                clip_frames, variant if rng.random() < recipe.photometric_probability else 0
             )
-        elif photometric_probability and sequence.variants:
+        elif recipe.photometric_probability and sequence.variants:
             # Drawn only when asked for, so that runs without variants stay as they were.
             variants = rng.integers(1, len(sequence.variants) + 1, size=clip_frames)
-            variants[rng.random(clip_frames) >= photometric_probability] = 0
+            variants[rng.random(clip_frames) >= recipe.photometric_probability] = 0
         clip = crop_clip(sequence, mirror, frames, (top, left), crop_cells, variants)
         if static:
             warp_clip(clip, rng, strength=1.0)
-        elif warp_probability and rng.random() < warp_probability:
+        elif recipe.warp_probability and rng.random() < recipe.warp_probability:
             warp_clip(clip, rng, strength=0.5)
         peers = same_scale(sequences, sequence)
-        if distractor_probability and rng.random() < distractor_probability:
+        if recipe.distractor_probability and rng.random() < recipe.distractor_probability:
             # Drawn only when asked for, so that runs without it stay as they were.
-            behind = bool(behind_probability) and rng.random() < behind_probability
+            behind = bool(recipe.behind_probability) and rng.random() < recipe.behind_probability
             paste_distractor(clip, peers, rng, sequence.name, behind)
         if clip["masks"][0].sum() < 64:  # the object must be visible in the prompted frame
             continue
         for t in range(1, clip_frames):
-            hide_object(clip, t, peers, rng, mirror, (top, left), crop_cells, absence_probability)
+            hide_object(
+                clip, t, peers, rng, mirror, (top, left), crop_cells, recipe.absence_probability
+            )
             # Drawn only when asked for, so that runs without it stay as they were.
-            if partial_occlusion_probability and rng.random() < partial_occlusion_probability:
+            if (
+                recipe.partial_occlusion_probability
+                and rng.random() < recipe.partial_occlusion_probability
+            ):
                 cover_part(clip, t, peers, rng, mirror, (top, left))
         for key, value in clip.items():
             parts[key].append(value)
@@ -714,28 +727,25 @@ def train(arguments: argparse.Namespace) -> None:
         arguments.key_kernel,
     ).to(arguments.device)
 
+    recipe = ClipRecipe(
+        frames=arguments.clip_frames,
+        distractor_probability=arguments.distractor_probability,
+        behind_probability=arguments.distractor_behind_probability,
+        static_probability=arguments.static_probability,
+        warp_probability=arguments.warp_probability,
+        absence_probability=arguments.absence_probability,
+        partial_occlusion_probability=arguments.partial_occlusion_probability,
+        photometric_probability=arguments.photometric_probability,
+        per_clip_variant=arguments.photometric_per_sequence,
+        synthetic_probability=arguments.synthetic_probability if synthetic else 0.0,
+    )
+
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         progress = step / arguments.steps
         # Curricula as in STM/XMem: longer gaps and harder pixels as training goes on.
         max_gap = round(3 + (arguments.max_gap - 3) * min(1.0, progress / 0.5))
         hard_fraction = 1.0 - 0.85 * min(1.0, progress / 0.3)
-        batch = sample_batch(
-            sequences,
-            rng,
-            arguments.batch_size,
-            max_gap,
-            (16, 28),
-            arguments.distractor_probability,
-            arguments.static_probability,
-            arguments.warp_probability,
-            arguments.absence_probability,
-            arguments.photometric_probability,
-            arguments.photometric_per_sequence,
-            arguments.partial_occlusion_probability,
-            arguments.distractor_behind_probability,
-            arguments.clip_frames,
-            arguments.synthetic_probability if synthetic else 0.0,
-        )
+        batch = sample_batch(sequences, rng, arguments.batch_size, max_gap, (16, 28), recipe)
         if arguments.feature_dropout:
             # Dropping whole channels of the frozen features keeps the small network from
             # leaning on a few of them.
