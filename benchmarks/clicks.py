@@ -33,7 +33,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,21 +46,9 @@ from common import (  # noqa: E402
     write_section,
 )
 
+from vidseg.evaluation.clicks import next_click  # noqa: E402
+
 SECTION = "clicks"
-
-
-def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], int]:
-    """(x, y) and label (1 positive, 0 negative) of the next simulated click."""
-    best = None
-    for error, label in ((truth & ~prediction, 1), (prediction & ~truth, 0)):
-        # Pad so that the frame border counts as region border.
-        padded = np.pad(error.astype(np.uint8), 1)
-        distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(distance.argmax()), distance.shape)
-        if best is None or distance[y, x] > best[0]:
-            best = (distance[y, x], (int(x), int(y)), label)
-    assert best is not None
-    return best[1], best[2]
 
 
 def iou(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -673,3 +673,45 @@ def test_a_decoder_reading_the_previous_mask_gets_the_prompt_then_its_own_predic
     query16 = network.mask_decoder.project_query(batch.stride16[:, 1])
     with pytest.raises(ValueError, match="previous frame's mask"):
         network.mask_decoder(readout, query16, batch.stride8[:, 1], batch.stride4[:, 1])
+
+
+def test_refiner_samples_follow_the_click_protocol_and_crops_stay_aligned() -> None:
+    """``train_refiner``: the protocol on a frame gives the box prompt, then one prompt per
+    click with all clicks so far (each the benchmark's next click); a training crop's input,
+    coarse logit and truth come from the same pixels, mirrored together."""
+    import train_refiner
+
+    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
+    from vidseg.engines.builtin.mask_refiner import INPUT_CHANNELS
+
+    video = render_synthetic_video(num_frames=1, width=256, height=160, seed=3)
+    frame, truth = video.frames[0], video.labels[0] == 1
+    engine = BuiltinEngine(BuiltinConfig.load(overrides={"prompts": {"refine": False}}))
+    samples = train_refiner.play_protocol(engine, frame, truth, clicks=4)
+    assert len(samples[0].points) == 0  # the box
+    assert [len(s.points) for s in samples[1:]] == list(range(1, len(samples)))
+    x, y = samples[1].points[0].astype(int)
+    assert samples[1].labels[0] == 1 and truth[y, x]
+    for earlier, later in zip(samples[1:], samples[2:], strict=False):
+        assert np.array_equal(later.points[:-1], earlier.points)
+    assert all(s.logit.dtype == np.int8 and s.logit.shape == truth.shape for s in samples)
+
+    # The truth itself as the coarse logit: every crop's coarse channel matches its truth.
+    data = train_refiner.SequenceSamples(
+        frame[None],
+        truth[None],
+        [
+            train_refiner.Sample(
+                0,
+                np.where(truth, 100, -100).astype(np.int8),
+                np.array([[10.0, 10.0]], np.float32),
+                np.array([0]),
+            )
+        ],
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        inputs, coarse, target = train_refiner.crop_example(data, data.samples[0], 64, rng)
+        assert inputs.shape == (INPUT_CHANNELS, 64, 64) and target.shape == (1, 64, 64)
+        assert torch.equal(coarse > 0, target > 0.5)
+        assert torch.equal(inputs[3] > 0.5, target[0] > 0.5)

@@ -8,6 +8,7 @@ per sequence and over folders of PNG masks, faithful to the official DAVIS 2016/
 1.0
 """
 
+from vidseg.evaluation.clicks import next_click
 from vidseg.evaluation.davis import (
     EvaluationReport,
     ObjectScores,
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_BOUND_TH",
     "EvaluationError",
     "EvaluationReport",
+    "next_click",
     "ObjectScores",
     "SequenceScores",
     "Statistics",

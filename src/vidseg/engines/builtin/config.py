@@ -17,10 +17,10 @@ from vidseg.engines.builtin.network import prompt_weights_path
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
 
-def _check_weights_file(section: str, weights: str, trainer: str) -> None:
+def _check_weights_file(section: str, weights: str, trainer: str, setting: str = "weights") -> None:
     if weights and not Path(weights).is_file():
         raise ValueError(
-            f"[{section}] weights: no file {weights!r}; give a file written by {trainer}, "
+            f"[{section}] {setting}: no file {weights!r}; give a file written by {trainer}, "
             "or leave it empty for the shipped weights"
         )
 
@@ -64,6 +64,13 @@ class PromptsConfig:
     # this many times its size about its centre, at a finer resolution than in the whole
     # frame; 0 = always the whole frame.
     zoom_context: float = 3.0
+    # The learned decoder's mask (one cell per 4 encoder-input pixels) is redrawn at the
+    # frame's own resolution by the mask refiner (mask_refiner.py), meant to let thin parts
+    # (lines, spokes, limbs) be selected at all. Off by default: not better on val yet.
+    refine: bool = False
+    # The refiner's weights: "" for the ones that ship with vidseg, or a file written by
+    # training/train_refiner.py.
+    refiner_weights: str = ""
 
     def __post_init__(self) -> None:
         encoder_variant(self.encoder)  # raises, naming the choices
@@ -85,6 +92,9 @@ class PromptsConfig:
                 f"[prompts] decoder must be 'grabcut' or 'learned', not {self.decoder!r}"
             )
         _check_weights_file("prompts", self.weights, "training/train_prompts.py")
+        _check_weights_file(
+            "prompts", self.refiner_weights, "training/train_refiner.py", "refiner_weights"
+        )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from vidseg.engines.builtin.encoder import (
     load_encoder,
     normalize,
 )
+from vidseg.engines.builtin.mask_refiner import LOGIT_LIMIT, MaskRefiner, refine_logit
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
 from vidseg.engines.builtin.network import TrackingNetwork
 from vidseg.engines.builtin.prompt_decoder import (
@@ -63,6 +64,7 @@ class BuiltinEngine:
             else None
         )
         self._prompt_decoder: PromptDecoder | None = None
+        self._mask_refiner: MaskRefiner | None = None
         self._prompt_encoder = self.encoder if self.config.prompts.encoder == variant else None
         self._prompt_lock = threading.Lock()
 
@@ -81,6 +83,18 @@ class BuiltinEngine:
                 if self._prompt_encoder is None:
                     self._prompt_encoder = load_encoder(self.config.encoder.runtime, encoder)
             return self._prompt_decoder
+
+    @property
+    def mask_refiner(self) -> MaskRefiner | None:
+        """The learned mask refiner when ``[prompts] refine`` is on (loaded on first use)."""
+        if not self.config.prompts.refine:
+            return None
+        with self._prompt_lock:
+            if self._mask_refiner is None:
+                self._mask_refiner = MaskRefiner.pretrained(
+                    self.config.prompts.refiner_weights or None
+                )
+            return self._mask_refiner
 
     @classmethod
     def shared(cls) -> BuiltinEngine:
@@ -124,30 +138,48 @@ class BuiltinEngine:
         prompt: ObjectPrompt,
         previous: np.ndarray | None,
     ) -> np.ndarray:
-        """The learned prompt decoder's mask for clicks and/or a box (and the current mask).
-        A small object is decoded in a window around it (``[prompts] zoom_context``)."""
-        window = context_window(frame.shape[:2], prompt, previous, self.config.prompts.zoom_context)
-        if window is None:
-            mask = self._decode_in_view(decoder, frame, prompt, previous)
-        else:
-            left, top, right, bottom = window
-            offset = np.array([left, top], dtype=np.float32)
-            inside = ObjectPrompt(
-                points=prompt.points - offset,
-                labels=prompt.labels,
-                box=None if prompt.box is None else prompt.box - np.tile(offset, 2),
-            )
-            mask = np.zeros(frame.shape[:2], bool) if previous is None else previous.copy()
-            mask[top:bottom, left:right] = self._decode_in_view(
-                decoder,
-                frame[top:bottom, left:right],
-                inside,
-                None if previous is None else previous[top:bottom, left:right],
-            )
+        """The learned prompt decoder's mask for clicks and/or a box (and the current mask),
+        redrawn at full resolution by the mask refiner (``[prompts] refine``)."""
+        logit = self.prompt_logit(decoder, frame, prompt, previous)
+        refiner = self.mask_refiner
+        if refiner is not None:
+            logit = refine_logit(refiner, frame, logit, prompt.points, prompt.labels)
+        mask = (logit > 0).numpy()
         if self.config.prompts.honour_clicks > 0:
             max_radius = self.config.prompts.honour_clicks * max(frame.shape[:2])
             mask = honour_clicks(mask, prompt.points, prompt.labels, max_radius)
         return mask
+
+    def prompt_logit(
+        self,
+        decoder: PromptDecoder,
+        frame: np.ndarray,
+        prompt: ObjectPrompt,
+        previous: np.ndarray | None,
+    ) -> torch.Tensor:
+        """The prompt decoder's logit for the whole frame (height x width), upsampled from its
+        stride-4 grid. A small object is decoded in a window around it (``[prompts]
+        zoom_context``); outside the window the current mask stands, as a saturated logit."""
+        window = context_window(frame.shape[:2], prompt, previous, self.config.prompts.zoom_context)
+        if window is None:
+            return self._decode_in_view(decoder, frame, prompt, previous)
+        left, top, right, bottom = window
+        offset = np.array([left, top], dtype=np.float32)
+        inside = ObjectPrompt(
+            points=prompt.points - offset,
+            labels=prompt.labels,
+            box=None if prompt.box is None else prompt.box - np.tile(offset, 2),
+        )
+        logit = torch.full(frame.shape[:2], -LOGIT_LIMIT)
+        if previous is not None:
+            logit[torch.from_numpy(previous)] = LOGIT_LIMIT
+        logit[top:bottom, left:right] = self._decode_in_view(
+            decoder,
+            frame[top:bottom, left:right],
+            inside,
+            None if previous is None else previous[top:bottom, left:right],
+        )
+        return logit
 
     def _decode_in_view(
         self,
@@ -155,8 +187,8 @@ class BuiltinEngine:
         frame: np.ndarray,
         prompt: ObjectPrompt,
         previous: np.ndarray | None,
-    ) -> np.ndarray:
-        """The decoder's mask on ``frame`` (the whole frame or a window of it)."""
+    ) -> torch.Tensor:
+        """The decoder's logit on ``frame`` (the whole frame or a window of it), at its size."""
         height, width = frame.shape[:2]
         features = self._encode(frame, self._prompt_encoder)
         input_height, input_width = features.stride4.shape[-2] * 4, features.stride4.shape[-1] * 4
@@ -173,7 +205,7 @@ class BuiltinEngine:
             similarity = click_similarity(features.stride16, positive / 16, negative / 16)[None]
             logit = decoder(features.stride16, features.stride8, features.stride4, maps, similarity)
             full = F.interpolate(logit, size=(height, width), mode="bilinear", align_corners=False)
-        return (full[0, 0] > 0).numpy()
+        return full[0, 0]
 
     def _click_similarity(self, frame: np.ndarray, clicks: np.ndarray) -> np.ndarray:
         """How much each pixel resembles the clicked pixels in the encoder's feature space:

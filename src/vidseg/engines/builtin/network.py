@@ -38,6 +38,11 @@ def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:
     return WEIGHTS_DIR / f"prompt_decoder_{encoder_variant(variant).name}.pt"
 
 
+def refiner_weights_path() -> Path:
+    """The shipped mask-refiner weights (frame pixels in, no encoder features)."""
+    return WEIGHTS_DIR / "mask_refiner.pt"
+
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 #: The mask decoder's own channels at strides 16, 8 and 4 (the shipped Lite2 weights' widths
