@@ -715,3 +715,17 @@ def test_refiner_samples_follow_the_click_protocol_and_crops_stay_aligned() -> N
         assert inputs.shape == (INPUT_CHANNELS, 64, 64) and target.shape == (1, 64, 64)
         assert torch.equal(coarse > 0, target > 0.5)
         assert torch.equal(inputs[3] > 0.5, target[0] > 0.5)
+
+
+def test_cross_fitted_refiner_samples_come_from_decoders_that_left_them_out() -> None:
+    """``train_refiner.py --cross-fit WEIGHTS:FOLDS``: each decoder plays the protocol only on
+    the sequences of the folds it was trained without (``train_prompts.py --hold-out``)."""
+    import train_refiner
+
+    names = [f"s{i}" for i in range(10)]
+    pairs = train_refiner.decoders_and_sequences(["/tmp/a.pt:0,1", "b.pt:2"], names)
+    assert pairs == [("/tmp/a.pt", ["s0", "s1", "s5", "s6"]), ("b.pt", ["s2", "s7"])]
+    for weights, played in pairs:
+        folds = [int(f) for f in {"/tmp/a.pt": "01", "b.pt": "2"}[weights]]
+        assert not set(played) & set(train_tracker.without_held_out(names, folds))
+    assert train_refiner.decoders_and_sequences(None, names) == [(None, names)]

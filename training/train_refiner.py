@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,10 +104,12 @@ def play_protocol(
 
 
 def sequence_samples(
-    arguments: argparse.Namespace, engine: BuiltinEngine, name: str
+    arguments: argparse.Namespace, engine: BuiltinEngine, name: str, decoder_name: str = ""
 ) -> SequenceSamples:
-    """The samples of sequence ``name``, read from the cache or played and cached."""
-    path = arguments.cache_dir / "refiner" / f"{name}_every{arguments.frame_step}.npz"
+    """The samples of sequence ``name``, read from the cache or played and cached
+    (``decoder_name``: which prompt decoder played them, "" for the shipped one)."""
+    suffix = f"_{decoder_name}" if decoder_name else ""
+    path = arguments.cache_dir / "refiner" / f"{name}_every{arguments.frame_step}{suffix}.npz"
     if not path.is_file():
         frames, masks, samples = [], [], []
         for index, (frame, mask) in enumerate(read_sequence(arguments.davis_root, name)):
@@ -143,6 +146,28 @@ def sequence_samples(
         given = labels >= 0
         samples.append(Sample(int(frame), logit, points[given], labels[given]))
     return SequenceSamples(data["frames"], data["masks"], samples)
+
+
+def decoders_and_sequences(
+    cross_fit: list[str] | None, names: list[str]
+) -> list[tuple[str | None, list[str]]]:
+    """(prompt-decoder weights, the sequences it plays the protocol on) pairs: the shipped
+    decoder (None) on every sequence, or per ``--cross-fit WEIGHTS:FOLDS`` entry the decoder
+    in WEIGHTS on the sequences of FOLDS (``without_held_out``'s folds), which it should not
+    have been trained on.
+
+    >>> decoders_and_sequences(["a.pt:0,1", "b.pt:2,3,4"], list("abcdefghij"))
+    [('a.pt', ['a', 'b', 'f', 'g']), ('b.pt', ['c', 'd', 'e', 'h', 'i', 'j'])]
+    """
+    if not cross_fit:
+        return [(None, names)]
+    pairs = []
+    for entry in cross_fit:
+        weights, _, folds = entry.rpartition(":")
+        held = [int(fold) for fold in folds.split(",")]
+        played = [name for name in names if name not in without_held_out(names, held)]
+        pairs.append((weights, played))
+    return pairs
 
 
 def crop_example(
@@ -187,10 +212,17 @@ def train(arguments: argparse.Namespace) -> None:
     rng = np.random.default_rng(arguments.seed)
     names = train_sequences(arguments.davis_root)
     folds = held_out_folds(arguments)
-    if folds is not None:
-        names = without_held_out(names, folds)
-    engine = BuiltinEngine(BuiltinConfig.load(overrides={"prompts": {"refine": False}}))
-    sequences = [sequence_samples(arguments, engine, name) for name in names]
+    kept = set(names if folds is None else without_held_out(names, folds))
+    sequences = []
+    for weights, played in decoders_and_sequences(arguments.cross_fit, names):
+        overrides = {"prompts": {"refine": False, "weights": str(weights or "")}}
+        engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
+        decoder_name = Path(weights).stem if weights else ""
+        sequences += [
+            sequence_samples(arguments, engine, name, decoder_name)
+            for name in played
+            if name in kept
+        ]
     print(f"{sum(len(s.samples) for s in sequences)} prompts on {len(sequences)} sequences")
     refiner = MaskRefiner(width=arguments.width)
 
@@ -228,6 +260,15 @@ if __name__ == "__main__":
         type=float,
         default=1.0,
         help="cross-entropy on this share of each crop's pixels, the hardest (1 = all)",
+    )
+    parser.add_argument(
+        "--cross-fit",
+        nargs="+",
+        metavar="WEIGHTS:FOLDS",
+        help="play the protocol on the sequences of FOLDS (e.g. 0,1,2) with the prompt decoder "
+        "in WEIGHTS, trained without them (train_prompts.py --hold-out 0 1 2), so that the "
+        "samples show the decoder's mistakes on frames it never saw (default: the shipped "
+        "decoder on every sequence)",
     )
     arguments = parser.parse_args()
     arguments.output = arguments.output or refiner_weights_path()
