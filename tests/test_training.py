@@ -695,6 +695,12 @@ def test_refiner_samples_follow_the_click_protocol_and_crops_stay_aligned() -> N
     for earlier, later in zip(samples[1:], samples[2:], strict=False):
         assert np.array_equal(later.points[:-1], earlier.points)
     assert all(s.logit.dtype == np.int8 and s.logit.shape == truth.shape for s in samples)
+    # The refiner in the loop (--refiner-in-loop): the samples still hold the decoder's own
+    # logits; the first prompt (the box) has no earlier mask to differ by.
+    looped = BuiltinEngine(BuiltinConfig.load(overrides={"prompts": {"refine": True}}))
+    in_loop = train_refiner.play_protocol(looped, frame, truth, clicks=4)
+    assert np.array_equal(in_loop[0].logit, samples[0].logit)
+    assert np.array_equal(in_loop[1].points, samples[1].points)
 
     # The truth itself as the coarse logit: every crop's coarse channel matches its truth.
     data = train_refiner.SequenceSamples(

@@ -37,6 +37,7 @@ from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
 from vidseg.engines.builtin.mask_refiner import (
     LOGIT_LIMIT,
     MaskRefiner,
+    refine_logit,
     refine_region,
     refiner_input,
 )
@@ -71,8 +72,10 @@ def play_protocol(
     engine: BuiltinEngine, frame: np.ndarray, truth: np.ndarray, clicks: int
 ) -> list[Sample]:
     """The decoder's logits along the simulated-click protocol on ``frame``, and for the
-    object's box (``Sample.frame`` left 0)."""
-    decoder = engine.prompt_decoder
+    object's box (``Sample.frame`` left 0). With ``[prompts] refine`` on in ``engine``'s
+    config, the clicks and current masks follow the refined masks (the refiner in the loop,
+    as at inference), while the samples keep the decoder's own logits."""
+    decoder, refiner = engine.prompt_decoder, engine.mask_refiner
     assert decoder is not None
     max_radius = engine.config.prompts.honour_clicks * max(frame.shape[:2])
 
@@ -81,6 +84,8 @@ def play_protocol(
             -LOGIT_LIMIT, LOGIT_LIMIT
         )
         quantised = (logit * _LOGIT_STEP).round().to(torch.int8).numpy()
+        if refiner is not None:
+            logit = refine_logit(refiner, frame, logit, prompt.points, prompt.labels)
         mask = honour_clicks((logit > 0).numpy(), prompt.points, prompt.labels, max_radius)
         return Sample(0, quantised, prompt.points.copy(), prompt.labels.copy()), mask
 
@@ -215,9 +220,18 @@ def train(arguments: argparse.Namespace) -> None:
     kept = set(names if folds is None else without_held_out(names, folds))
     sequences = []
     for weights, played in decoders_and_sequences(arguments.cross_fit, names):
-        overrides = {"prompts": {"refine": False, "weights": str(weights or "")}}
+        loop = arguments.refiner_in_loop
+        overrides = {
+            "prompts": {
+                "weights": str(weights or ""),
+                "refine": loop is not None,
+                "refiner_weights": str(loop or ""),
+            }
+        }
         engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
-        decoder_name = Path(weights).stem if weights else ""
+        decoder_name = "_".join(
+            ([Path(weights).stem] if weights else []) + ([f"loop-{loop.stem}"] if loop else [])
+        )
         sequences += [
             sequence_samples(arguments, engine, name, decoder_name)
             for name in played
@@ -269,6 +283,14 @@ if __name__ == "__main__":
         "in WEIGHTS, trained without them (train_prompts.py --hold-out 0 1 2), so that the "
         "samples show the decoder's mistakes on frames it never saw (default: the shipped "
         "decoder on every sequence)",
+    )
+    parser.add_argument(
+        "--refiner-in-loop",
+        type=Path,
+        metavar="WEIGHTS",
+        help="play the protocol with this refiner behind the decoder, as at inference, so that "
+        "the clicks land on the refined masks' errors (DAgger; the samples keep the decoder's "
+        "logits)",
     )
     arguments = parser.parse_args()
     arguments.output = arguments.output or refiner_weights_path()

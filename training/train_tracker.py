@@ -624,8 +624,9 @@ def fit(
     samples a batch and returns its loss and a note for the log line. Returns ``module``, or
     with ``ema_decay`` an exponential moving average of its weights over the steps (a copy)."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    # A warm-up of 5% of the steps, and at least 2 (OneCycleLR divides by zero below that).
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=steps, pct_start=0.05
+        optimizer, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2.0 / steps)
     )
     averaged = (
         torch.optim.swa_utils.AveragedModel(
