@@ -73,7 +73,6 @@ class MaskRefiner(nn.Module):
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.width = width
         self.down2 = nn.Sequential(
             nn.Conv2d(INPUT_CHANNELS, width, 3, 2, 1),
             nn.ReLU(inplace=True),
