@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         "--fold", type=int, default=4, help="the hold-out fold the weights were trained without"
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS)
+    parser.add_argument(
+        "--sequences", help="comma-separated, among the fold's held-out sequences (default: all)"
+    )
     args = parser.parse_args(argv)
     from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import evaluate_sequence, read_mask
@@ -68,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             engines[label] = engine
     train = sorted(read_sequence_list(args.data, "train"))
     results: dict[str, dict[str, list]] = {label: {"plain": [], "gaps": []} for label in engines}
+    chosen = args.sequences.split(",") if args.sequences else None
     for number, sequence in enumerate(held_out(args.data, args.fold)):
+        if chosen is not None and sequence not in chosen:
+            continue  # numbered as in the whole fold, so each gap stays where it was
         frames = list(open_sequence(args.data, sequence))
         folder = args.data / "Annotations" / "480p" / sequence
         masks = [read_mask(folder / f"{i:05d}.png") > 0 for i in range(len(frames))]

@@ -328,6 +328,8 @@ def test_config_overrides_and_unknown_settings() -> None:
         ValueError, match=r"\[prompts\] zoom_context must be 0 \(off\) or at least 1"
     ):
         BuiltinConfig.load(overrides={"prompts": {"zoom_context": 0.5}})
+    with pytest.raises(ValueError, match=r"\[presence\] min_part_match must be in \[0, 1\]"):
+        BuiltinConfig.load(overrides={"presence": {"min_part_match": 5}})
 
 
 @pytest.mark.parametrize(
@@ -450,6 +452,39 @@ def test_tracks_a_real_davis_clip(engine) -> None:
     # The training-free tracker only beats copying; the learned one must do far better.
     minimum = {"learned": 0.6, "matching": 0.36}[engine.config.tracker.kind]
     assert np.mean(scores) > minimum, np.mean(scores)
+
+
+@pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")
+@pytest.mark.parametrize("min_part_match", [0.0, 0.05])
+def test_a_loose_part_on_the_background_is_dropped_and_the_object_kept(
+    min_part_match: float,
+) -> None:
+    """``[presence] min_part_match``: on a real frame, a predicted mask made of the true object
+    and a second region on background that the prompted frame showed as background loses that
+    region (its cells match the prompt's background); the object's part stays whole. Off (0),
+    the mask is left as it is."""
+    from vidseg.evaluation import read_mask
+    from vidseg.io import VideoInfo, open_frames
+
+    annotations = DAVIS / "Annotations" / "480p" / "camel"
+    frames = open_frames(DAVIS / "JPEGImages" / "480p" / "camel")
+    first, later = frames[0], frames[30]
+    truth0 = read_mask(annotations / "00000.png") > 0
+    truth = read_mask(annotations / "00030.png") > 0
+    config = BuiltinConfig.load(overrides={"presence": {"min_part_match": min_part_match}})
+    tracker = BuiltinEngine(config).new_tracker(VideoInfo(854, 480, len(frames), 24))
+    tracker.remember(0, first, {1: truth0}, prompted=True)
+    # A 120x120 region as far as can be from the object on both frames: background.
+    distance = cv2.distanceTransform((~(truth | truth0)).astype(np.uint8), cv2.DIST_L2, 5)
+    distance[:60], distance[-60:], distance[:, :60], distance[:, -60:] = 0, 0, 0, 0
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+    loose = np.zeros_like(truth)
+    loose[y - 60 : y + 60, x - 60 : x + 60] = True
+    probability = np.where(truth | loose, 0.9, 0.05).astype(np.float32)
+    tracker._encode(30, later)
+    kept = tracker._drop_unmatched_parts(1, tracker._query, probability) >= 0.5
+    assert (kept & truth).sum() == truth.sum()  # the object's part is whole
+    assert (kept & loose).any() == (min_part_match == 0)
 
 
 @pytest.mark.skipif(not DAVIS.exists(), reason="needs ../shared/data/davis2016")

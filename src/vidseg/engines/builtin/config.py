@@ -166,6 +166,18 @@ class PresenceConfig:
     # it. 0 disables.
     min_object_match: float = 0.0
     match_max_area: float = 0.7
+    # A part of a predicted mask (a connected region, one of several) is dropped when under
+    # this share of its cells look more like the object than like the background of the
+    # prompted frames (0 disables): a leak onto the background that has come loose from the
+    # object, which memory would otherwise learn as the object and keep. The best-matching
+    # part always stays.
+    min_part_match: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_part_match <= 1:
+            raise ValueError(
+                f"[presence] min_part_match must be in [0, 1] (0 = off), not {self.min_part_match}"
+            )
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,11 @@ class _QueryFrame:
     query16: torch.Tensor  # (1, 64, h, w), the decoder's projection of the stride-16 features
 
 
+#: A part of a mask spanning fewer key cells (stride 16) than this is too small for
+#: ``[presence] min_part_match`` to judge, and is kept.
+MIN_PART_CELLS = 16
+
+
 class MemoryTracker(ABC):
     """What both trackers share: the memory bank, which frames enter it, frame encoding at the
     configured size and the presence decision. Implements :class:`vidseg.engines.base.Tracker`
@@ -284,6 +289,9 @@ class BuiltinTracker(MemoryTracker):
             for obj, probability, presence, cells16 in zip(
                 group, probabilities, presences, cells, strict=True
             ):
+                if self.config.presence.min_part_match > 0:
+                    with self._stage("parts"):
+                        probability = self._drop_unmatched_parts(obj, query, probability)
                 predictions[obj] = (probability, presence, cells16)
         with self._stage("presence"):
             return {
@@ -314,6 +322,53 @@ class BuiltinTracker(MemoryTracker):
         prompts = self._prompts4.get(frame_index, {})
         for obj, probability in zip(group, probabilities, strict=True):
             self._previous[obj] = prompts.get(obj, probability)
+
+    def _drop_unmatched_parts(
+        self, obj: int, query: _QueryFrame, probability: np.ndarray
+    ) -> np.ndarray:
+        """``probability`` without the parts of the object's mask (its connected regions) that
+        look like the prompted frames' background rather than like the object (share of
+        matching cells, :func:`object_match_share`, under ``min_part_match``). Such a part is
+        usually a leak onto the background that has come loose from the object; left in, it
+        enters memory as the object and stays. The largest part is always kept (an object
+        seen much closer than when prompted matches little, yet is still the object), and so
+        are parts spanning fewer than ``MIN_PART_CELLS`` key cells (and all parts of an
+        object prompted smaller than twice that): seen through so few cells, a small part of
+        the object (a kite apart from its flyer) looks like the background around it."""
+        presence = self.config.presence
+        mask = (probability >= presence.threshold).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        prompted = [m for m in self.memory.prompted if obj in m.values16]
+        if count <= 2 or not prompted:  # background and at most one part
+            return probability
+        memory_keys = torch.cat([m.key16.flatten(1) for m in prompted], 1)
+        memory_masks = torch.cat([m.values16[obj][-1].flatten() for m in prompted])
+        height, width = query.key.shape[-2:]
+        # Fewer pixels than this cannot cover MIN_PART_CELLS cells a quarter each.
+        fewest = MIN_PART_CELLS * 0.25 * mask.size / (height * width)
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        shares = {}
+        for part in range(1, count):
+            if part == largest or stats[part, cv2.CC_STAT_AREA] < fewest:
+                continue
+            # The key-grid cells a quarter or more covered by the part.
+            cover = cv2.resize(
+                (labels == part).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA
+            )
+            with torch.inference_mode():
+                share = object_match_share(
+                    query.key[0],
+                    torch.from_numpy(cover >= 0.25),
+                    memory_keys,
+                    memory_masks,
+                    min_cells=2 * MIN_PART_CELLS,
+                )
+            if share is not None:
+                shares[part] = share
+        dropped = [part for part, share in shares.items() if share < presence.min_part_match]
+        if not dropped:
+            return probability
+        return np.where(np.isin(labels, dropped), 0.0, probability).astype(np.float32)
 
     def _object_match(self, obj: int, query: _QueryFrame, cells: torch.Tensor) -> float | None:
         """How much the predicted mask looks like the object in its prompted frames (see
