@@ -446,6 +446,60 @@ def test_photometric_jitter_recolours_frames_but_keeps_their_geometry() -> None:
     assert feature_cache.cache_path(cache, "bear", 576, 2).name == "bear-576-photo2.pt"
 
 
+def test_feature_cache_encodes_each_sequence_once_for_all_missing_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_cache(stride2=True)`` on a DAVIS-like folder (one synthetic train clip as mp4 and
+    mask PNGs): both cache files from one encoding; a lost companion file is made again, the
+    same, from one encoding that keeps only the stride-2 features; nothing to do, no encoding."""
+    import av
+    import cv2
+    import feature_cache
+
+    video = render_synthetic_video(num_frames=4, width=96, height=64, seed=1)
+    (tmp_path / "ImageSets" / "2016").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "2016" / "train.txt").write_text("clip\n")
+    (tmp_path / "videos").mkdir()
+    with av.open(str(tmp_path / "videos" / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for frame in video.frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    masks = tmp_path / "Annotations" / "480p" / "clip"
+    masks.mkdir(parents=True)
+    for index, labels in enumerate(video.labels):
+        cv2.imwrite(str(masks / f"{index:05d}.png"), (labels == 1).astype(np.uint8) * 255)
+    kept = []
+    encode_frames = feature_cache.encode_frames
+
+    def counted(encoder, frames, names=feature_cache.CACHED):
+        kept.append(names)
+        return encode_frames(encoder, frames, names)
+
+    monkeypatch.setattr(feature_cache, "encode_frames", counted)
+    cache = tmp_path / "cache"
+
+    def build() -> Path:
+        (path,) = feature_cache.build_cache(
+            tmp_path, cache, long_side=96, encoder_name="lite0", stride2=True
+        )
+        return path
+
+    path = build()
+    companion = feature_cache.stride2_path(path)
+    assert kept == [(*feature_cache.CACHED, "stride2")]
+    assert set(torch.load(path)) == set(feature_cache.CACHED)
+    first = torch.load(companion)
+    assert set(first) == {"stride2"} and first["stride2"].shape[:3] == (2, 4, 16)
+    companion.unlink()
+    build()
+    assert kept[1:] == [("stride2",)]
+    assert torch.equal(torch.load(companion)["stride2"], first["stride2"])
+    build()
+    assert len(kept) == 2
+
+
 @pytest.mark.parametrize("per_clip", [False, True])
 def test_clip_frames_come_from_photometric_variants_as_often_as_asked(sequence, per_clip) -> None:
     """Each clip frame (or, per clip, each whole clip) takes a variant's features with the

@@ -192,19 +192,18 @@ def build_cache(
     paths = []
     for name in tqdm(train_sequences(davis_root), desc="caching features"):
         path = cache_path(cache_dir, name, long_side, photometric, per_sequence, encoder_name)
-        save_cache(
-            path,
-            lambda name=name: encode_sequence(
-                encoder, davis_root, name, long_side, photometric, per_sequence
-            ),
-        )
-        if stride2:
-            save_cache(
-                stride2_path(path),
-                lambda name=name: encode_sequence(
-                    encoder, davis_root, name, long_side, photometric, per_sequence, ("stride2",)
-                ),
+        # Each file and what it keeps; a sequence is encoded once for all that are missing.
+        files = {path: CACHED, **({stride2_path(path): ("stride2",)} if stride2 else {})}
+        missing = {file: names for file, names in files.items() if not file.exists()}
+        if missing:
+            kept = tuple(name for names in missing.values() for name in names)
+            features = encode_sequence(
+                encoder, davis_root, name, long_side, photometric, per_sequence, kept
             )
+            for file, names in missing.items():
+                save_cache(
+                    file, lambda names=names, features=features: {k: features[k] for k in names}
+                )
         paths.append(path)
     return paths
 
