@@ -169,8 +169,8 @@ class PresenceConfig:
     # A part of a predicted mask (a connected region, one of several) is dropped when under
     # this share of its cells look more like the object than like the background of the
     # prompted frames (0 disables): a leak onto the background that has come loose from the
-    # object, which memory would otherwise learn as the object and keep. The best-matching
-    # part always stays.
+    # object, which memory would otherwise learn as the object and keep. The largest part,
+    # and parts under 16 key cells (tracker.MIN_PART_CELLS), always stay.
     min_part_match: float = 0.0
 
     def __post_init__(self) -> None:

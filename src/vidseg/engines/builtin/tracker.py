@@ -338,11 +338,10 @@ class BuiltinTracker(MemoryTracker):
         presence = self.config.presence
         mask = (probability >= presence.threshold).astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        prompted = [m for m in self.memory.prompted if obj in m.values16]
-        if count <= 2 or not prompted:  # background and at most one part
+        prompted = self._prompted_memory(obj)
+        if count <= 2 or prompted is None:  # background and at most one part
             return probability
-        memory_keys = torch.cat([m.key16.flatten(1) for m in prompted], 1)
-        memory_masks = torch.cat([m.values16[obj][-1].flatten() for m in prompted])
+        memory_keys, memory_masks = prompted
         height, width = query.key.shape[-2:]
         # Fewer pixels than this cannot cover MIN_PART_CELLS cells a quarter each.
         fewest = MIN_PART_CELLS * 0.25 * mask.size / (height * width)
@@ -375,16 +374,22 @@ class BuiltinTracker(MemoryTracker):
         :func:`object_match_share`); None when the check is off or cannot tell."""
         if self.config.presence.min_object_match <= 0:
             return None
+        prompted = self._prompted_memory(obj)
+        if prompted is None:
+            return None
+        with torch.inference_mode():
+            return object_match_share(query.key[0], cells, *prompted)
+
+    def _prompted_memory(self, obj: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The keys (C, M) of the memory cells of the frames where ``obj`` was prompted, and
+        its mask on each (M,): what re-identification compares against. None if it has none."""
         prompted = [m for m in self.memory.prompted if obj in m.values16]
         if not prompted:
             return None
-        with torch.inference_mode():
-            return object_match_share(
-                query.key[0],
-                cells,
-                torch.cat([m.key16.flatten(1) for m in prompted], 1),
-                torch.cat([m.values16[obj][-1].flatten() for m in prompted]),
-            )
+        return (
+            torch.cat([m.key16.flatten(1) for m in prompted], 1),
+            torch.cat([m.values16[obj][-1].flatten() for m in prompted]),
+        )
 
 
 def _group_by_memory_entries(
