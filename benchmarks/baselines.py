@@ -181,8 +181,8 @@ def vidseg_untuned_allocator_method(
 
 # The release before this one, for side-by-side figures: its tracker weights, read from git
 # history (at their path of that release), and the settings it shipped with that differ.
-PREVIOUS_RELEASE = "0.11.0"
-_PREVIOUS_COMMIT = "f5d7850"
+PREVIOUS_RELEASE = "0.12.0"
+_PREVIOUS_COMMIT = "d077ddc"
 _PREVIOUS_OVERRIDES: dict[str, dict] = {}
 _TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network_lite2.pt"
 
@@ -256,7 +256,7 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg-previous",
             f"vidseg_{PREVIOUS_RELEASE}",
             vidseg_previous_method,
-            f"previous engine: vidseg {PREVIOUS_RELEASE}'s tracker weights and presence check",
+            f"previous engine: vidseg {PREVIOUS_RELEASE}'s tracker network alone",
             vidseg_previous_unavailable,
         ),
         MethodSpec(
@@ -316,7 +316,8 @@ def config_variant(key: str) -> tuple[str, dict[str, dict], str]:
         if not (equals and dot):
             raise ValueError(f"{setting!r} in {key!r}: write SECTION.SETTING=VALUE")
         overrides.setdefault(section, {})[option] = setting_value(value)
-        shown.append(f"{name}={os.path.basename(value)}")
+        files = value.split(os.pathsep)  # several weights files, as in PATH
+        shown.append(f"{name}={os.pathsep.join(os.path.basename(file) for file in files)}")
     return base, overrides, ", ".join(shown)
 
 

@@ -3,6 +3,7 @@ both trackers, prompts."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,11 @@ from vidseg.engines.builtin.encoder import (
 )
 from vidseg.engines.builtin.memory_attention import memory_affinity
 from vidseg.engines.builtin.memory_bank import MemoryBank, MemoryFrame
-from vidseg.engines.builtin.network import TrackingNetwork, tracker_weights_path
+from vidseg.engines.builtin.network import (
+    TrackingNetwork,
+    shipped_tracker_weights,
+    tracker_weights_path,
+)
 from vidseg.engines.builtin.prompt_decoder import click_similarity, honour_clicks, prompt_maps
 from vidseg.session.prompts import ObjectPrompt
 
@@ -359,7 +364,7 @@ def test_learned_weights_can_be_chosen_in_the_config(tmp_path, section: str, set
     engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
     chosen = {
         "prompts": lambda: engine.prompt_decoder if setting == "weights" else engine.mask_refiner,
-        "tracker": lambda: engine.network,
+        "tracker": lambda: engine.networks[0],
     }[section]()
     shipped = network_class.pretrained()
     assert torch.equal(chosen.state_dict()[name], fresh.state_dict()[name].half().float())
@@ -631,9 +636,9 @@ def test_tracker_weights_of_another_shape_load_with_their_shape(
     engine = BuiltinEngine(
         BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "narrow.pt")}})
     )
-    assert engine.network.mask_decoder.logit.weight.shape[1] == widths[-1]
-    assert engine.network.key_projection.projection.kernel_size == (key_kernel, key_kernel)
-    assert engine.network.mask_decoder.output_stride == (2 if len(widths) == 4 else 4)
+    assert engine.networks[0].mask_decoder.logit.weight.shape[1] == widths[-1]
+    assert engine.networks[0].key_projection.projection.kernel_size == (key_kernel, key_kernel)
+    assert engine.networks[0].mask_decoder.output_stride == (2 if len(widths) == 4 else 4)
     session = TrackingSession(video.frames[:3], engine=engine)
     session.add_mask(0, 1, video.mask(0, video.object_ids[0]))
     results = list(session.propagate())
@@ -659,7 +664,7 @@ def test_weights_that_read_the_previous_mask_decode_each_frame_after_the_last(
     engine = BuiltinEngine(
         BuiltinConfig.load(overrides={"tracker": {"weights": str(tmp_path / "p.pt")}})
     )
-    decoder = engine.network.mask_decoder
+    decoder = engine.networks[0].mask_decoder
     assert decoder.reads_previous_mask
     seen, logits = [], []
 
@@ -732,3 +737,66 @@ def test_the_refiner_fits_box_masks_to_val_frames_better() -> None:
             box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
             scores[refine].append(iou(session.add_box(0, 1, box), truth))
     assert np.mean(scores[True]) > np.mean(scores[False]) + 0.01, scores
+
+
+def _first_predictions(engine: BuiltinEngine, video) -> tuple:
+    """A new tracker and its predictions on frame 1 of ``video`` after its frame-0 masks were
+    remembered."""
+    from vidseg.io import VideoInfo
+
+    tracker = engine.new_tracker(VideoInfo(width=320, height=180, num_frames=24, fps=24))
+    masks = {k: video.labels[0] == k for k in video.object_ids}
+    tracker.remember(0, video.frames[0], masks, prompted=True)
+    return tracker, tracker.predict(1, video.frames[1])
+
+
+def test_two_networks_average_their_masks_and_encode_each_frame_once(video) -> None:
+    """``[tracker] weights`` naming two networks (separated as in PATH) runs both on one
+    encoding per frame and averages them: on the first predicted frame (where both memories
+    hold the same prompt) the ensemble's probability is the mean of the two networks' own."""
+    first, second = (str(path) for path in shipped_tracker_weights("lite2")[:2])
+
+    def engine_with(weights: str) -> BuiltinEngine:
+        return BuiltinEngine(BuiltinConfig.load(overrides={"tracker": {"weights": weights}}))
+
+    _, alone_first = _first_predictions(engine_with(first), video)
+    _, alone_second = _first_predictions(engine_with(second), video)
+    both = engine_with(f"{first}{os.pathsep}{second}")
+    calls = []
+    encoder = both.encoder
+    both.encoder = lambda image: calls.append(1) or encoder(image)
+    tracker, together = _first_predictions(both, video)
+    assert len(tracker.members) == 2
+    assert len(calls) == 2  # frames 0 and 1, once each for both networks
+    for k in video.object_ids:
+        expected = (alone_first[k].probability + alone_second[k].probability) / 2
+        assert np.allclose(together[k].probability, expected, atol=1e-5)
+        # The two networks differ (else averaging them would be pointless).
+        assert iou(alone_first[k].probability >= 0.5, alone_second[k].probability >= 0.5) < 1.0
+    assert {k: p.presence > 0.5 for k, p in together.items()} == dict.fromkeys(
+        video.object_ids, True
+    )
+
+
+def test_members_runs_the_first_networks_only() -> None:
+    """``[tracker] members``: 1 runs seed 0's network alone (the fast setting); 0, all."""
+    from vidseg.engines.builtin.tracker import BuiltinTracker, EnsembleTracker
+    from vidseg.io import VideoInfo
+
+    info = VideoInfo(width=320, height=180, num_frames=2, fps=24)
+    one = BuiltinEngine(BuiltinConfig.load(overrides={"tracker": {"members": 1}}))
+    assert isinstance(one.new_tracker(info), BuiltinTracker)
+    assert torch.equal(
+        one.networks[0].mask_decoder.logit.weight,
+        TrackingNetwork.pretrained(tracker_weights_path("lite2")).mask_decoder.logit.weight,
+    )
+    shipped = len(shipped_tracker_weights("lite2"))
+    everything = BuiltinEngine(BuiltinConfig.load())
+    assert len(everything.networks) == shipped >= 2
+    assert isinstance(everything.new_tracker(info), EnsembleTracker)
+    with pytest.raises(ValueError, match=r"\[tracker\] members must be 0"):
+        BuiltinConfig.load(overrides={"tracker": {"members": -1}})
+    with pytest.raises(ValueError, match=r"\[tracker\] weights: no file 'missing.pt'"):
+        BuiltinConfig.load(
+            overrides={"tracker": {"weights": f"{tracker_weights_path()},missing.pt"}}
+        )

@@ -778,7 +778,10 @@ def training_arguments(description: str, steps: int, encoder: str) -> argparse.A
     parser.add_argument("--davis-root", type=Path, default=DAVIS_ROOT)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument(
-        "--output", type=Path, help="default: the shipped weights for --encoder, replaced"
+        "--output",
+        type=Path,
+        help="default: the shipped weights for --encoder and --seed, replaced "
+        "(tracking_network_lite2.pt for seed 0, tracking_network_lite2_seed1.pt for 1, ...)",
     )
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -950,5 +953,5 @@ if __name__ == "__main__":
         help="encoder input sizes (long side, px) to cache and train on, e.g. 448,576,704",
     )
     arguments = parser.parse_args()
-    arguments.output = arguments.output or tracker_weights_path(arguments.encoder)
+    arguments.output = arguments.output or tracker_weights_path(arguments.encoder, arguments.seed)
     train(arguments)

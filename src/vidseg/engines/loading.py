@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def _read_builtin_config(path: Path):
         )
     for values in settings.values():  # a weights file is found relative to the config file
         weights = values.get("weights")
-        if isinstance(weights, str) and weights and not Path(weights).is_absolute():
-            values["weights"] = str(path.parent / weights)
+        if isinstance(weights, str) and weights:
+            values["weights"] = os.pathsep.join(
+                str(path.parent / name.strip()) for name in weights.split(os.pathsep)
+            )
     try:
         return BuiltinConfig.load(overrides=settings)
     except (ValueError, TypeError) as exc:

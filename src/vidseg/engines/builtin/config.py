@@ -6,13 +6,14 @@ editing the engine: ``BuiltinConfig.load(overrides={"readout": {"top_k": 30}})``
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from vidseg.engines.builtin.encoder import DEFAULT_PROMPT_VARIANT, DEFAULT_VARIANT, encoder_variant
-from vidseg.engines.builtin.network import prompt_weights_path
+from vidseg.engines.builtin.network import prompt_weights_path, shipped_tracker_weights
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
 
@@ -32,13 +33,33 @@ class TrackerConfig:
     # reference (the [readout] and [refine] sections apply to it only).
     kind: str = "learned"
     # The learned tracker's weights: "" for the ones that ship with vidseg, or a file written
-    # by training/train_tracker.py (to compare recipes).
+    # by training/train_tracker.py (to compare recipes), or several such files separated as in
+    # PATH (":" on Linux and macOS, ";" on Windows), whose networks are averaged (as the
+    # shipped ones are).
     weights: str = ""
+    # How many of those networks run, from the first: 0 = all of them. Two ship for Lite2
+    # (seeds 0 and 1, averaged: docs/BENCHMARKS.md, "Two networks"); 1 runs seed 0's alone,
+    # faster and less accurate.
+    members: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("learned", "matching"):
             raise ValueError(f"[tracker] kind must be 'learned' or 'matching', not {self.kind!r}")
-        _check_weights_file("tracker", self.weights, "training/train_tracker.py")
+        for weights in self.weights.split(os.pathsep):
+            _check_weights_file("tracker", weights.strip(), "training/train_tracker.py")
+        if self.members < 0:
+            raise ValueError(
+                f"[tracker] members must be 0 (all networks) or more, not {self.members}"
+            )
+
+    def weights_files(self, variant: str) -> list[Path]:
+        """The networks to run for encoder ``variant``: the named files or the shipped ones,
+        the first ``members`` of them."""
+        if self.weights:
+            files = [Path(weights.strip()) for weights in self.weights.split(os.pathsep)]
+        else:
+            files = shipped_tracker_weights(variant)
+        return files[: self.members] if self.members else files
 
 
 @dataclass(frozen=True)

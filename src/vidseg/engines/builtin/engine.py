@@ -32,7 +32,7 @@ from vidseg.engines.builtin.prompt_decoder import (
 )
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
-from vidseg.engines.builtin.tracker import BuiltinTracker
+from vidseg.engines.builtin.tracker import BuiltinTracker, EnsembleTracker
 from vidseg.io import VideoInfo
 from vidseg.session.prompts import ObjectPrompt
 
@@ -57,11 +57,14 @@ class BuiltinEngine:
             torch.set_num_threads(self.config.encoder.threads)
         variant = self.config.encoder.variant
         self.encoder = load_encoder(self.config.encoder.runtime, variant)
-        learned = self.config.tracker.kind == "learned"
-        self.network = (
-            TrackingNetwork.pretrained(self.config.tracker.weights or None, variant)
-            if learned
-            else None
+        #: The learned tracker's networks (averaged when several); empty for the matching one.
+        self.networks = (
+            [
+                TrackingNetwork.pretrained(path, variant)
+                for path in self.config.tracker.weights_files(variant)
+            ]
+            if self.config.tracker.kind == "learned"
+            else []
         )
         self._prompt_decoder: PromptDecoder | None = None
         self._mask_refiner: MaskRefiner | None = None
@@ -106,10 +109,13 @@ class BuiltinEngine:
 
     def new_tracker(
         self, info: VideoInfo, *, reverse: bool = False
-    ) -> BuiltinTracker | MatchingTracker:
-        if self.network is None:
+    ) -> BuiltinTracker | EnsembleTracker | MatchingTracker:
+        if not self.networks:
             return MatchingTracker(self.encoder, self.config, info)
-        return BuiltinTracker(self.encoder, self.network, self.config, info)
+        members = [
+            BuiltinTracker(self.encoder, network, self.config, info) for network in self.networks
+        ]
+        return members[0] if len(members) == 1 else EnsembleTracker(members)
 
     def mask_from_prompt(
         self, frame: np.ndarray, prompt: ObjectPrompt, previous: np.ndarray | None = None

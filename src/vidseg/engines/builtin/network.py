@@ -28,9 +28,26 @@ from vidseg.engines.builtin.memory_encoder import MemoryEncoder
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
 
-def tracker_weights_path(variant: str = DEFAULT_VARIANT) -> Path:
-    """The shipped tracker weights, trained on encoder ``variant``'s features."""
-    return WEIGHTS_DIR / f"tracking_network_{encoder_variant(variant).name}.pt"
+def tracker_weights_path(variant: str = DEFAULT_VARIANT, seed: int = 0) -> Path:
+    """The shipped tracker weights, trained on encoder ``variant``'s features with ``seed``
+    (``training/train_tracker.py --seed``)."""
+    suffix = f"_seed{seed}" if seed else ""
+    return WEIGHTS_DIR / f"tracking_network_{encoder_variant(variant).name}{suffix}.pt"
+
+
+def shipped_tracker_weights(variant: str = DEFAULT_VARIANT) -> list[Path]:
+    """Every shipped tracker network for encoder ``variant``, seed 0's first: the members of
+    the default ensemble.
+
+    >>> [path.name for path in shipped_tracker_weights("lite2")]
+    ['tracking_network_lite2.pt', 'tracking_network_lite2_seed1.pt']
+    """
+    first = tracker_weights_path(variant)
+    others = sorted(
+        WEIGHTS_DIR.glob(f"{first.stem}_seed*.pt"),
+        key=lambda path: int(path.stem.rsplit("seed")[-1]),
+    )
+    return [first, *others]
 
 
 def prompt_weights_path(variant: str = DEFAULT_PROMPT_VARIANT) -> Path:

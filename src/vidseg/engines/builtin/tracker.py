@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -42,6 +43,14 @@ class _QueryFrame:
     query16: torch.Tensor  # (1, 64, h, w), the decoder's projection of the stride-16 features
 
 
+class NetworkOutput(NamedTuple):
+    """One object's prediction on a frame as a tracking network gives it."""
+
+    probability: np.ndarray  # (H, W) float32 mask probability at the frame's resolution
+    presence: float  # the presence head's probability
+    cells16: torch.Tensor  # (h, w) the object's share of each key-grid cell (stride 16)
+
+
 #: A part of a mask spanning fewer key cells (stride 16) than this is too small for
 #: ``[presence] min_part_match`` to judge, and is kept.
 MIN_PART_CELLS = 16
@@ -70,6 +79,9 @@ class MemoryTracker(ABC):
         self._frames_since_stored = 0
         #: Seconds spent in each stage of the per-frame path, summed over the pass (profiling).
         self.stage_seconds: dict[str, float] = defaultdict(float)
+        #: [frame, its features], shared by trackers that run on the same frames with the same
+        #: encoder (an ensemble's members), so that each frame is encoded once; None: not shared.
+        self.shared_encoding: list | None = None
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -80,12 +92,18 @@ class MemoryTracker(ABC):
             self.stage_seconds[name] += time.perf_counter() - start
 
     def _encode_image(self, frame: np.ndarray) -> EncodedFrame:
+        shared = self.shared_encoding
+        if shared is not None and shared[0] is frame:
+            return shared[1]
         height, width = self.input_size
         with self._stage("resize"):
             small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             image = normalize(torch.from_numpy(small).permute(2, 0, 1)[None])
         with self._stage("encoder"), torch.inference_mode():
-            return self.encoder(image)
+            features = self.encoder(image)
+        if shared is not None:
+            shared[:] = [frame, features]
+        return features
 
     def remember(
         self,
@@ -134,6 +152,12 @@ class MemoryTracker(ABC):
         self, frame_index: int, frame: np.ndarray, masks: Mapping[int, np.ndarray], prompted: bool
     ) -> MemoryFrame:
         """The frame with its objects' masks, encoded for the memory bank."""
+
+    def follow_presence(self, judge: MemoryTracker) -> None:
+        """Take ``judge``'s latest presence decisions as this tracker's own: which objects
+        enter memory depends on them, and an ensemble's members must store the same."""
+        self._absent = set(judge._absent)
+        self._unsure = set(judge._unsure)
 
     def _presence(
         self,
@@ -247,11 +271,16 @@ class BuiltinTracker(MemoryTracker):
         )
 
     def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
+        return self.judge(self.network_outputs(frame_index, frame))
+
+    def network_outputs(self, frame_index: int, frame: np.ndarray) -> dict[int, NetworkOutput]:
+        """Each remembered object's mask probability and presence score on a frame, as the
+        network gives them (before presence is judged)."""
         object_ids = self.memory.object_ids()
         if not object_ids:
             return {}
         query = self._encode(frame_index, frame)
-        predictions: dict[int, tuple[np.ndarray, float, torch.Tensor]] = {}
+        outputs: dict[int, NetworkOutput] = {}
         # Objects remembered on the same frames share one affinity matrix (usually all of them).
         entries = list(self.memory)
         for positions, group in _group_by_memory_entries(entries, object_ids).items():
@@ -281,24 +310,43 @@ class BuiltinTracker(MemoryTracker):
                 )
                 probabilities = torch.sigmoid(full)[:, 0].numpy()
                 presences = torch.sigmoid(decoded.presence_logits).tolist()
-                # The predicted object on the key grid (stride 16), for re-identification.
+                # The object's share of each key-grid cell (stride 16), for re-identification.
                 cells = F.adaptive_avg_pool2d(
                     torch.sigmoid(decoded.mask_logits), query.key.shape[-2:]
                 )[:, 0]
-                cells = cells >= 0.5
             for obj, probability, presence, cells16 in zip(
                 group, probabilities, presences, cells, strict=True
             ):
-                if self.config.presence.min_part_match > 0:
-                    with self._stage("parts"):
-                        probability = self._drop_unmatched_parts(obj, query, probability)
-                predictions[obj] = (probability, presence, cells16)
+                outputs[obj] = NetworkOutput(probability, presence, cells16)
+        return outputs
+
+    def judge(self, outputs: Mapping[int, NetworkOutput]) -> dict[int, ObjectPrediction]:
+        """The predictions on the frame last encoded, from ``outputs`` (this network's, or an
+        ensemble's average): loose parts dropped (``min_part_match``), presence judged."""
+        if not outputs:
+            return {}
+        query = self._query
+        assert query is not None  # network_outputs encoded the frame
+        if self.config.presence.min_part_match > 0:
+            with self._stage("parts"):
+                outputs = {
+                    obj: output._replace(
+                        probability=self._drop_unmatched_parts(obj, query, output.probability)
+                    )
+                    for obj, output in outputs.items()
+                }
         with self._stage("presence"):
             return {
                 obj: ObjectPrediction(
-                    p, self._presence(obj, p, learned, self._object_match(obj, query, cells))
+                    output.probability,
+                    self._presence(
+                        obj,
+                        output.probability,
+                        output.presence,
+                        self._object_match(obj, query, output.cells16 >= 0.5),
+                    ),
                 )
-                for obj, (p, learned, cells) in predictions.items()
+                for obj, output in outputs.items()
             }
 
     def _previous_masks(self, group: list[int], query: _QueryFrame) -> torch.Tensor | None:
@@ -403,3 +451,57 @@ def _group_by_memory_entries(
         positions = frozenset(i for i, m in enumerate(entries) if obj in m.values16)
         groups.setdefault(positions, []).append(obj)
     return groups
+
+
+class EnsembleTracker:
+    """Several learned trackers on one pass, each with its own network (the same recipe trained
+    with different seeds) and memory, sharing each frame's encoding. Their mask probabilities,
+    presence scores and key-grid masks are averaged, and the first member judges presence on
+    the average; every member then stores the same final masks. Averaging two seeds' networks
+    cancels much of what one seed gets wrong by chance (docs/BENCHMARKS.md, "Two networks").
+    Implements :class:`vidseg.engines.base.Tracker`."""
+
+    def __init__(self, members: list[BuiltinTracker]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one tracker")
+        self.members = members
+        shared: list = [None, None]
+        for member in members:
+            member.shared_encoding = shared
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage summed over the members (the shared encoder counted once)."""
+        total: dict[str, float] = defaultdict(float)
+        for member in self.members:
+            for stage, seconds in member.stage_seconds.items():
+                total[stage] += seconds
+        return total
+
+    def remember(
+        self,
+        frame_index: int,
+        frame: np.ndarray,
+        masks: Mapping[int, np.ndarray],
+        *,
+        prompted: bool,
+    ) -> None:
+        for member in self.members:
+            member.remember(frame_index, frame, masks, prompted=prompted)
+
+    def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
+        outputs = [member.network_outputs(frame_index, frame) for member in self.members]
+        judge = self.members[0]
+        with judge._stage("ensemble"):
+            averaged = {
+                obj: NetworkOutput(
+                    np.mean([output[obj].probability for output in outputs], axis=0),
+                    float(np.mean([output[obj].presence for output in outputs])),
+                    torch.stack([output[obj].cells16 for output in outputs]).mean(0),
+                )
+                for obj in outputs[0]
+            }
+        predictions = judge.judge(averaged)
+        for member in self.members[1:]:
+            member.follow_presence(judge)
+        return predictions
