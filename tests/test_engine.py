@@ -32,6 +32,12 @@ from vidseg.session.prompts import ObjectPrompt
 DAVIS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "davis2016"
 
 
+def one_network_config(overrides: dict) -> BuiltinConfig:
+    """The built-in config with ``overrides`` and one tracker network: the tests that look
+    inside a tracker (its memory bank, its presence checks) look at one network's."""
+    return BuiltinConfig.load(overrides={**overrides, "tracker": {"members": 1}})
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
@@ -164,7 +170,7 @@ def test_a_mask_unlike_the_object_is_judged_a_ghost_relative_to_its_usual_match(
     always matches little stays present), and only when the mask is also smaller."""
     from vidseg.io import VideoInfo
 
-    config = BuiltinConfig.load(overrides={"presence": {"min_object_match": 0.3}})  # off by default
+    config = one_network_config(overrides={"presence": {"min_object_match": 0.3}})  # off by default
     info = VideoInfo(width=64, height=48, num_frames=9, fps=24)
     tracker = BuiltinEngine(config).new_tracker(info)
     tracker._reference_area.update({1: 400.0, 2: 400.0})
@@ -194,7 +200,7 @@ def test_a_frame_where_an_object_is_judged_absent_enters_its_memory_only_if_conf
     learned as background; the objects judged present are stored as usual."""
     from vidseg.io import VideoInfo
 
-    config = BuiltinConfig.load(overrides={"memory": {"remember_absent": remember_absent}})
+    config = one_network_config(overrides={"memory": {"remember_absent": remember_absent}})
     tracker = BuiltinEngine(config).new_tracker(
         VideoInfo(width=64, height=48, num_frames=9, fps=24)
     )
@@ -220,7 +226,7 @@ def test_a_remnant_far_smaller_than_the_prompted_object_stays_out_of_memory() ->
     one above it is."""
     from vidseg.io import VideoInfo
 
-    config = BuiltinConfig.load(overrides={"memory": {"min_area_ratio": 0.1}})
+    config = one_network_config(overrides={"memory": {"min_area_ratio": 0.1}})
     tracker = BuiltinEngine(config).new_tracker(
         VideoInfo(width=64, height=48, num_frames=9, fps=24)
     )
@@ -245,7 +251,7 @@ def test_sparse_memory_can_keep_the_latest_frame_besides_every_nth(keep_latest: 
     the read-out sees it (the bank iterates over it)."""
     from vidseg.io import VideoInfo
 
-    config = BuiltinConfig.load(
+    config = one_network_config(
         overrides={"memory": {"every": 3, "recent_frames": 2, "keep_latest": keep_latest}}
     )
     tracker = BuiltinEngine(config).new_tracker(
@@ -282,7 +288,7 @@ def test_a_large_mask_kept_for_its_size_does_not_lower_the_usual_match() -> None
     next smaller ghost is still caught."""
     from vidseg.io import VideoInfo
 
-    config = BuiltinConfig.load(overrides={"presence": {"min_object_match": 0.3}})  # off by default
+    config = one_network_config(overrides={"presence": {"min_object_match": 0.3}})  # off by default
     info = VideoInfo(width=64, height=48, num_frames=9, fps=24)
     tracker = BuiltinEngine(config).new_tracker(info)
     tracker._reference_area[1] = 400.0
@@ -493,7 +499,7 @@ def test_a_loose_part_on_the_background_is_dropped_and_the_object_kept(
     first, later = frames[0], frames[30]
     truth0 = read_mask(annotations / "00000.png") > 0
     truth = read_mask(annotations / "00030.png") > 0
-    config = BuiltinConfig.load(overrides={"presence": {"min_part_match": min_part_match}})
+    config = one_network_config(overrides={"presence": {"min_part_match": min_part_match}})
     tracker = BuiltinEngine(config).new_tracker(VideoInfo(854, 480, len(frames), 24))
     tracker.remember(0, first, {1: truth0}, prompted=True)
     # A 120x120 region as far as can be from the object on both frames: background.
@@ -798,5 +804,5 @@ def test_members_runs_the_first_networks_only() -> None:
         BuiltinConfig.load(overrides={"tracker": {"members": -1}})
     with pytest.raises(ValueError, match=r"\[tracker\] weights: no file 'missing.pt'"):
         BuiltinConfig.load(
-            overrides={"tracker": {"weights": f"{tracker_weights_path()},missing.pt"}}
+            overrides={"tracker": {"weights": f"{tracker_weights_path()}{os.pathsep}missing.pt"}}
         )
