@@ -11,7 +11,8 @@ mask from the object's tight bounding box alone (``add_box``).
 Then corrections in video (``--video``, on by default): one click on the first frame,
 propagate through the whole sequence, find the worst frame (lowest J), give it correction
 clicks (the same protocol, until IoU 0.85 there or 3 clicks) and propagate again; reported:
-J&F before and after the correction.
+J&F before and after the correction, for the default tracker and the previous release's
+(``--video-engines``).
 
     python benchmarks/clicks.py                  # writes the "clicks" section of docs/BENCHMARKS.md
     python benchmarks/clicks.py --sequences blackswan --max-clicks 5 --no-write
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import engine_variant  # noqa: E402
+from baselines import PREVIOUS_RELEASE, engine_variant, previous_release_overrides  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -63,6 +64,11 @@ ENGINES = {
         "vidseg, feature similarity + GrabCut (default up to 0.7.0)",
         lambda: {"prompts": {"decoder": "grabcut"}},
     ),
+}
+# The corrections in video compare trackers: the default and the previous release's.
+VIDEO_ENGINES = {
+    "vidseg": ("vidseg", dict),
+    "vidseg-previous": (f"vidseg_{PREVIOUS_RELEASE}", previous_release_overrides),
 }
 
 
@@ -166,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-video", action="store_true", help="skip the corrections-in-video part"
     )
     parser.add_argument(
+        "--video-engines",
+        default=",".join(VIDEO_ENGINES),
+        help="engines of the corrections in video, among "
+        + ", ".join(VIDEO_ENGINES)
+        + ", each optionally with +SECTION.SETTING=VALUE config overrides",
+    )
+    parser.add_argument(
         "--frames", type=int, default=1, help="evenly spaced frames per sequence (1: the first)"
     )
     args = parser.parse_args(argv)
@@ -216,19 +229,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     video_lines = []
     if not args.no_video:
-        engine = BuiltinEngine(BuiltinConfig.load())
-        before_after = []
+        video_engines = []
+        for key in args.video_engines.split(","):
+            try:
+                name, overrides = engine_variant(key, VIDEO_ENGINES)
+            except ValueError as error:
+                parser.error(str(error))
+            video_engines.append((name, BuiltinEngine(BuiltinConfig.load(overrides=overrides))))
+        before_after = []  # per sequence, per engine: (before, after)
         for sequence in sequences:
             frames = list(open_sequence(args.data, sequence))
             truths = [
                 read_mask(path) > 0
                 for path in sorted((args.data / "Annotations" / "480p" / sequence).glob("*.png"))
             ]
-            before, after, worst = corrected_propagation(engine, frames, truths)
-            before_after.append((before, after))
-            video_lines.append(f"| {sequence} | {worst} | {before:.1f} | {after:.1f} |")
+            cells, scores = [], []
+            for _, engine in video_engines:
+                before, after, worst = corrected_propagation(engine, frames, truths)
+                scores.append((before, after))
+                cells.append(f"{worst} | {before:.1f} | {after:.1f}")
+            before_after.append(scores)
+            video_lines.append(f"| {sequence} | " + " | ".join(cells) + " |")
             print(f"[video] {video_lines[-1]}", file=sys.stderr, flush=True)
-        mean_before, mean_after = np.mean(before_after, axis=0)
+        means = np.mean(before_after, axis=0)  # (engines, 2)
         video_lines = [
             "### Corrections in video",
             "",
@@ -237,12 +260,19 @@ def main(argv: list[str] | None = None) -> int:
             f"protocol's clicks until IoU 0.85 there, at most {CORRECTION_CLICKS}, stopping at "
             "a click that would empty the mask, which the session refuses) and a new "
             "propagation, in which both frames' prompts condition the tracking. J&F over the "
-            "sequence (DAVIS protocol), default engine:",
+            "sequence (DAVIS protocol); per engine, the worst frame, J&F after one click and "
+            "J&F after the correction:",
             "",
-            "| sequence | worst frame | J&F, one click | J&F, after correction |",
-            "| --- | ---: | ---: | ---: |",
+            "| sequence | "
+            + " | ".join(
+                f"{name}: worst frame | one click | corrected" for name, _ in video_engines
+            )
+            + " |",
+            "| --- | " + " | ".join("---: | ---: | ---:" for _ in video_engines) + " |",
             *video_lines,
-            f"| **mean** | | **{mean_before:.1f}** | **{mean_after:.1f}** |",
+            "| **mean** | "
+            + " | ".join(f"| **{before:.1f}** | **{after:.1f}**" for before, after in means)
+            + " |",
             "",
         ]
     command = "python benchmarks/clicks.py " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -90,7 +90,7 @@ def score(predictions: list[np.ndarray], truths: list[np.ndarray], gap: range) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="dis,vidseg-matching,vidseg")
+    parser.add_argument("--methods", default="dis,vidseg-matching,vidseg-previous,vidseg")
     parser.add_argument("--sequences", help="comma-separated val sequences (default: all)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DAVIS, help="DAVIS 2016 root")
     parser.add_argument("--no-write", action="store_true", help="print, don't write the docs")
