@@ -179,21 +179,27 @@ def vidseg_untuned_allocator_method(
     yield from _track_with_vidseg(frames, first_mask, engine=engine)
 
 
-# The release before this one, for side-by-side figures: its tracker weights, read from git
-# history (at their path of that release), and the settings it shipped with that differ.
-PREVIOUS_RELEASE = "0.12.0"
-_PREVIOUS_COMMIT = "d077ddc"
-_PREVIOUS_OVERRIDES: dict[str, dict] = {}
+# The release before this one, for side-by-side figures: the settings it shipped with that
+# differ, and, when its tracker weights differ from today's, the commit to read them from
+# (git history, at their path of that release; None: today's shipped files are its own).
+PREVIOUS_RELEASE = "0.13.0"
+_PREVIOUS_WEIGHTS_COMMIT: str | None = None
+_PREVIOUS_OVERRIDES: dict[str, dict] = {"memory": {"min_presence": 0.0}}
 _TRACKER_WEIGHTS = "src/vidseg/engines/builtin/weights/tracking_network_lite2.pt"
 
 
-def _previous_weights() -> Path:
-    """The previous release's tracker weights, extracted from git once per process."""
-    target = Path(tempfile.gettempdir()) / f"vidseg-{PREVIOUS_RELEASE}-tracking_network.pt"
+def _previous_weights() -> Path | None:
+    """The previous release's tracker weights, extracted from git once per process (None
+    when they are today's)."""
+    if _PREVIOUS_WEIGHTS_COMMIT is None:
+        return None
+    target = Path(tempfile.gettempdir()) / (
+        f"vidseg-{PREVIOUS_RELEASE}-{_PREVIOUS_WEIGHTS_COMMIT}-tracking_network.pt"
+    )
     if not target.exists():
         repo = Path(__file__).resolve().parents[1]
         blob = subprocess.run(
-            ["git", "show", f"{_PREVIOUS_COMMIT}:{_TRACKER_WEIGHTS}"],
+            ["git", "show", f"{_PREVIOUS_WEIGHTS_COMMIT}:{_TRACKER_WEIGHTS}"],
             cwd=repo,
             capture_output=True,
             check=True,
@@ -212,14 +218,20 @@ def vidseg_previous_unavailable() -> str | None:
     try:
         _previous_weights()
     except (OSError, subprocess.CalledProcessError):
-        return f"its weights come from git history (commit {_PREVIOUS_COMMIT}): run in a clone"
+        return (
+            f"its weights come from git history (commit {_PREVIOUS_WEIGHTS_COMMIT}): run in a clone"
+        )
     return None
 
 
 def previous_release_overrides() -> dict[str, dict]:
     """Config overrides that make the built-in engine the one released in
-    :data:`PREVIOUS_RELEASE` (its tracker weights, from git history)."""
-    return {**_PREVIOUS_OVERRIDES, "tracker": {"weights": str(_previous_weights())}}
+    :data:`PREVIOUS_RELEASE` (its settings, and its tracker weights where they differ)."""
+    overrides = {section: dict(settings) for section, settings in _PREVIOUS_OVERRIDES.items()}
+    weights = _previous_weights()
+    if weights is not None:
+        overrides.setdefault("tracker", {})["weights"] = str(weights)
+    return overrides
 
 
 def vidseg_previous_method(

@@ -94,21 +94,24 @@ def test_config_variant_keys_run_the_engine_with_those_settings():
         list(baselines.method_spec("vidseg+tracker.weights=missing.pt").run(frames, masks[0]))
 
 
-def test_previous_release_weights_come_from_git_history():
-    """The previous release's engine, for side-by-side figures: its tracker weights are read
-    from git (the tests run in a clone) and load as a tracking network."""
+def test_previous_release_is_todays_engine_with_what_that_release_shipped(monkeypatch):
+    """The previous release's engine, for side-by-side figures: today's with the settings
+    that release shipped (0.13.0 stored the frames it was unsure of in memory), and with its
+    tracker weights from git history when they differ (the tests run in a clone)."""
+    from vidseg.engines.builtin import BuiltinConfig
     from vidseg.engines.builtin.network import TrackingNetwork
 
     assert baselines.vidseg_previous_unavailable() is None
     overrides = baselines.previous_release_overrides()
-    network = TrackingNetwork.pretrained(overrides["tracker"]["weights"])
-    assert not network.training
-    # It differs from today's engine in what that release shipped: one tracker network (0.13.0
-    # averages two).
-    from vidseg.engines.builtin import BuiltinConfig
-
-    previous = BuiltinConfig.load(overrides=overrides).tracker.weights_files("lite2")
-    assert len(previous) == 1 < len(BuiltinConfig.load().tracker.weights_files("lite2"))
+    previous, today = BuiltinConfig.load(overrides=overrides), BuiltinConfig.load()
+    assert previous.memory.min_presence == 0 < today.memory.min_presence
+    assert previous.tracker == today.tracker  # the same two networks
+    # A release with other weights (0.12.0's, one network) reads them from git.
+    monkeypatch.setattr(baselines, "_PREVIOUS_WEIGHTS_COMMIT", "d077ddc")
+    weights = baselines.previous_release_overrides()["tracker"]["weights"]
+    assert not TrackingNetwork.pretrained(weights).training
+    one = BuiltinConfig.load(overrides={"tracker": {"weights": weights}})
+    assert len(one.tracker.weights_files("lite2")) == 1
 
 
 def test_section_replacement_keeps_the_rest(tmp_path):

@@ -220,6 +220,36 @@ def test_a_frame_where_an_object_is_judged_absent_enters_its_memory_only_if_conf
     assert sorted(tracker.memory.recent[-1].values16) == [1, 2]
 
 
+@pytest.mark.parametrize("min_presence", [0.0, 0.9])
+def test_a_frame_the_tracker_is_unsure_of_is_shown_but_not_learned(min_presence: float) -> None:
+    """``[memory] min_presence``: an object judged present with a presence score under it
+    keeps its mask on the frame but stays out of that frame's memory (a ghost starting on an
+    occluder must not make the next frames surer of it); a sure object is stored as usual,
+    and the unsure one is stored again once it is sure."""
+    from vidseg.io import VideoInfo
+
+    config = one_network_config(overrides={"memory": {"min_presence": min_presence}})
+    tracker = BuiltinEngine(config).new_tracker(
+        VideoInfo(width=64, height=48, num_frames=9, fps=24)
+    )
+    probability = np.zeros((48, 64), np.float32)
+    probability[10:30, 10:30] = 0.9
+    mask = probability >= 0.5
+    assert tracker._presence(1, probability, 0.7) == 0.7  # present, unsure
+    assert tracker._presence(2, probability, 0.95) == 0.95  # present, sure
+    frame = np.zeros((48, 64, 3), np.uint8)
+    tracker.remember(1, frame, {1: mask, 2: mask}, prompted=False)
+    assert sorted(tracker.memory.recent[-1].values16) == ([2] if min_presence else [1, 2])
+    assert tracker._presence(1, probability, 0.95) == 0.95
+    tracker.remember(2, frame, {1: mask, 2: mask}, prompted=False)
+    assert sorted(tracker.memory.recent[-1].values16) == [1, 2]
+
+
+def test_min_presence_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[memory\] min_presence must be in \[0, 1\]"):
+        BuiltinConfig.load(overrides={"memory": {"min_presence": 1.5}})
+
+
 def test_a_remnant_far_smaller_than_the_prompted_object_stays_out_of_memory() -> None:
     """``[memory] min_area_ratio``: a propagated mask under that share of the object's
     prompted area is not stored (it would teach that the rest of the object is background);

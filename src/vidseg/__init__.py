@@ -1,3 +1,3 @@
 """vidseg: promptable video object segmentation, fast on a laptop CPU."""
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"

@@ -72,7 +72,9 @@ class MemoryTracker(ABC):
         # Each object's usual object_match (running mean over the frames where it clearly
         # matched; see _presence).
         self._usual_match: dict[int, float] = {}
-        # Objects judged absent on the last frame by the re-identification check alone.
+        # Objects on the last frame that stay out of memory whatever remember_absent says:
+        # judged absent by the re-identification check alone, or present with a presence
+        # score under [memory] min_presence.
         self._unsure: set[int] = set()
         # Objects judged absent on the last frame, for whatever reason.
         self._absent: set[int] = set()
@@ -126,8 +128,11 @@ class MemoryTracker(ABC):
                 self._frames_since_stored = 0
             # An object judged absent stays out of this frame's memory (with remember_absent,
             # only one dropped by the re-identification check alone): a wrong "absent" in
-            # memory would teach that the object is background and lose it for good.
-            left_out = self._unsure if self.config.memory.remember_absent else self._absent
+            # memory would teach that the object is background and lose it for good. So does
+            # one the tracker was unsure of (``_unsure``).
+            left_out = (
+                self._unsure if self.config.memory.remember_absent else self._unsure | self._absent
+            )
             masks = {obj: mask for obj, mask in masks.items() if obj not in left_out}
             # A remnant (far smaller than the prompted object) stays out too: stored, it
             # teaches that the rest of the object is background.
@@ -171,6 +176,8 @@ class MemoryTracker(ABC):
             self._absent.add(obj)
         else:
             self._absent.discard(obj)
+            if presence < self.config.memory.min_presence:
+                self._unsure.add(obj)  # shown, not learned
         return presence
 
     def _judge_presence(
