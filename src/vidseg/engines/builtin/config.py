@@ -157,10 +157,11 @@ class MemoryConfig:
     # A propagated frame enters an object's memory only if its mask is at least this share of
     # the object's prompted area (0 = always).
     min_area_ratio: float = 0.1
-    # A propagated frame enters an object's memory only if the object's presence score there
-    # is at least this (0 = whenever it is judged present): a frame the tracker is unsure
-    # of (often the first frame of an occluder, where a ghost starts) is shown but not
-    # learned, so that it cannot make the next frames surer of the ghost.
+    # Learned tracker: a propagated frame enters an object's memory only if the object's
+    # presence score there (the presence head's) is at least this (0 = whenever it is judged
+    # present): a frame the tracker is unsure of (often the first frame of an occluder, where
+    # a ghost starts) is shown but not learned, so that it cannot make the next frames surer
+    # of the ghost.
     min_presence: float = 0.0
 
     def __post_init__(self) -> None:

@@ -176,8 +176,8 @@ class MemoryTracker(ABC):
             self._absent.add(obj)
         else:
             self._absent.discard(obj)
-            if presence < self.config.memory.min_presence:
-                self._unsure.add(obj)  # shown, not learned
+            if score is not None and presence < self.config.memory.min_presence:
+                self._unsure.add(obj)  # shown, not learned (learned presence scores only)
         return presence
 
     def _judge_presence(
