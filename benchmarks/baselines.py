@@ -354,6 +354,26 @@ def engine_variant(
     return (f"{label} ({shown})" if shown else label), overrides
 
 
+def built_engines(keys: str, engines: dict[str, tuple[str, Callable[[], dict[str, dict]]]]):
+    """The built-in engine for each comma-separated key of ``keys`` (see
+    :func:`engine_variant`), as {key: (label for tables, engine)}; ValueError names a bad
+    key or setting."""
+    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
+
+    built = {}
+    for key in keys.split(","):
+        label, overrides = engine_variant(key, engines)
+        built[key] = (label, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
+    return built
+
+
+# The trackers the scripts put side by side: today's default and the previous release's.
+TRACKER_ENGINES: dict[str, tuple[str, Callable[[], dict[str, dict]]]] = {
+    "vidseg": ("vidseg", dict),
+    "vidseg-previous": (f"vidseg_{PREVIOUS_RELEASE}", previous_release_overrides),
+}
+
+
 def method_spec(key: str) -> MethodSpec:
     """The method registered under ``key``, or the vidseg engine with config overrides when
     ``key`` reads ``vidseg+SECTION.SETTING=VALUE[+...]``.

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import PREVIOUS_RELEASE, engine_variant, previous_release_overrides  # noqa: E402
+from baselines import TRACKER_ENGINES, built_engines  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -64,11 +64,6 @@ ENGINES = {
         "vidseg, feature similarity + GrabCut (default up to 0.7.0)",
         lambda: {"prompts": {"decoder": "grabcut"}},
     ),
-}
-# The corrections in video compare trackers: the default and the previous release's.
-VIDEO_ENGINES = {
-    "vidseg": ("vidseg", dict),
-    "vidseg-previous": (f"vidseg_{PREVIOUS_RELEASE}", previous_release_overrides),
 }
 
 
@@ -173,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--video-engines",
-        default=",".join(VIDEO_ENGINES),
+        default=",".join(TRACKER_ENGINES),
         help="engines of the corrections in video, among "
-        + ", ".join(VIDEO_ENGINES)
+        + ", ".join(TRACKER_ENGINES)
         + ", each optionally with +SECTION.SETTING=VALUE config overrides",
     )
     parser.add_argument(
@@ -184,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_clicks < 5:
         parser.error(f"--max-clicks {args.max_clicks}: the table reports mIoU@5, use 5 or more")
-    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import read_mask
 
     sequences = (
@@ -199,13 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             inputs.append((name, frames[index], truth > 0))
     cap = args.max_clicks
     summary, rows = [], {}
-    engines = {}
-    for key in args.engines.split(","):
-        try:
-            name, overrides = engine_variant(key, ENGINES)
-        except ValueError as error:
-            parser.error(str(error))
-        engines[key] = (name, BuiltinEngine(BuiltinConfig.load(overrides=overrides)))
+    try:
+        engines = built_engines(args.engines, ENGINES)
+    except ValueError as error:
+        parser.error(str(error))
     for key, (name, engine) in engines.items():
         curves, timings = [], []
         for sequence, frame, truth in inputs:
@@ -229,13 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     video_lines = []
     if not args.no_video:
-        video_engines = []
-        for key in args.video_engines.split(","):
-            try:
-                name, overrides = engine_variant(key, VIDEO_ENGINES)
-            except ValueError as error:
-                parser.error(str(error))
-            video_engines.append((name, BuiltinEngine(BuiltinConfig.load(overrides=overrides))))
+        try:
+            video_engines = list(built_engines(args.video_engines, TRACKER_ENGINES).values())
+        except ValueError as error:
+            parser.error(str(error))
         before_after = []  # per sequence, per engine: (before, after)
         for sequence in sequences:
             frames = list(open_sequence(args.data, sequence))

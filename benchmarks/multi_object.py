@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import PREVIOUS_RELEASE, engine_variant, previous_release_overrides  # noqa: E402
+from baselines import TRACKER_ENGINES, built_engines  # noqa: E402
 from common import (  # noqa: E402
     BENCHMARKS_MD,
     DEFAULT_DAVIS,
@@ -46,8 +46,7 @@ SECTION = "multi-object"
 CLIP_FRAMES = 50
 # Each engine: its name in tables and a function giving its config overrides.
 ENGINES = {
-    "vidseg": ("vidseg", dict),
-    "vidseg-previous": (f"vidseg_{PREVIOUS_RELEASE}", previous_release_overrides),
+    **TRACKER_ENGINES,
     "vidseg-matching": ("vidseg_matching", lambda: {"tracker": {"kind": "matching"}}),
 }
 
@@ -162,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         "instead of val (implies --no-write)",
     )
     args = parser.parse_args(argv)
-    from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
     from vidseg.evaluation import evaluate_sequence
 
     if args.fold is None:
@@ -172,13 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
     rows, stage_rows, object_rows = [], [], []
     stage_names: list[str] = []
-    engines = []
-    for key in args.engines.split(","):
-        try:
-            name, overrides = engine_variant(key, ENGINES)
-        except ValueError as error:
-            parser.error(str(error))
-        engines.append((name, BuiltinEngine(BuiltinConfig.load(overrides=overrides))))
+    try:
+        engines = list(built_engines(args.engines, ENGINES).values())
+    except ValueError as error:
+        parser.error(str(error))
     # A few untimed frames per engine first: whichever engine ran first used to pay the
     # process's warm-up (its encoder and read-out 15-30% slower than the same code after it).
     # Each clip is composited once and shared by every engine (about 60 MB a clip).
