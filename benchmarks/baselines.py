@@ -268,7 +268,7 @@ METHODS: dict[str, MethodSpec] = {
             "vidseg-previous",
             f"vidseg_{PREVIOUS_RELEASE}",
             vidseg_previous_method,
-            f"previous engine: vidseg {PREVIOUS_RELEASE}'s tracker network alone",
+            f"previous engine: vidseg {PREVIOUS_RELEASE} (its settings and tracker weights)",
             vidseg_previous_unavailable,
         ),
         MethodSpec(

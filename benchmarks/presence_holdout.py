@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     engines = {}
     for weights in args.weights.split(","):
         for setting in args.settings.split(";"):
-            overrides = {**setting_overrides(setting), "tracker": {"weights": weights}}
+            overrides = setting_overrides(setting)
+            overrides.setdefault("tracker", {})["weights"] = weights
             engine = BuiltinEngine(BuiltinConfig.load(overrides=overrides))
             label = setting if "," not in args.weights else f"{Path(weights).stem} {setting}"
             engines[label] = engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -789,3 +790,57 @@ def test_cross_fitted_refiner_samples_come_from_decoders_that_left_them_out() ->
         folds = [int(f) for f in {"/tmp/a.pt": "01", "b.pt": "2"}[weights]]
         assert not set(played) & set(train_tracker.without_held_out(names, folds))
     assert train_refiner.decoders_and_sequences(None, names) == [(None, names)]
+
+
+def _tracked_blob_sequence():
+    import train_thin_parts
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(90, 110, size=(4, 240, 320, 3), dtype=np.uint8)
+    masks = np.zeros((4, 240, 320), bool)
+    masks[:, 80:160, 100:180] = True
+    masks[:, 119:121, 180:300] = True  # a line two pixels wide
+    probabilities = np.where(masks, 230, 10).astype(np.uint8)
+    probabilities[:, 119:121, 180:300] = 10  # the tracker lost the line
+    return train_thin_parts.TrackedSequence("blob", frames, masks, probabilities)
+
+
+def test_synthetic_lines_leave_the_object_in_frame_truth_and_previous_mask() -> None:
+    import train_thin_parts
+
+    sequence = _tracked_blob_sequence()
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        frame, truth, previous = train_thin_parts.with_synthetic_lines(
+            sequence.frames[1], sequence.masks[1], sequence.masks[0], rng
+        )
+        added = truth & ~sequence.masks[1]
+        assert added.any() and (frame[added] != sequence.frames[1][added]).any(axis=-1).mean() > 0.9
+        # The new lines touch the object (they leave it from its border).
+        grown = cv2.dilate(sequence.masks[1].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        labels = cv2.connectedComponents(added.astype(np.uint8))[1]
+        touching = set(np.unique(labels[grown & added]))
+        assert touching >= set(np.unique(labels[added])) - {0}, seed
+        assert (previous & ~sequence.masks[0]).any()  # the moved lines
+        assert (truth & sequence.masks[1]).sum() == sequence.masks[1].sum()  # object kept
+
+
+def test_thin_part_crops_are_supervised_in_the_band_around_the_previous_thin_parts() -> None:
+    import train_thin_parts
+
+    sequence = _tracked_blob_sequence()
+    assert train_thin_parts.samples_of(sequence, min_share=0.02) == [1, 2, 3]
+    assert train_thin_parts.samples_of(sequence, min_share=0.5) == []
+    rng = np.random.default_rng(0)
+    example = None
+    while example is None:
+        example = train_thin_parts.crop_example(sequence, 2, 64, 0.02, rng)
+    inputs, coarse, target, band = example
+    assert inputs.shape == (5, 64, 64) and coarse.shape == target.shape == band.shape
+    assert 0 < band.mean() < 1
+    # Supervised where the line is, and the line is in the truth but not in the tracker's.
+    line = (target[0] > 0) & (band[0] > 0) & (coarse[0] < 0)
+    assert line.any()
+    loss = train_thin_parts.band_loss(coarse[None], target[None], band[None])
+    outside = train_thin_parts.band_loss(coarse[None], target[None], torch.zeros_like(band)[None])
+    assert loss > outside  # what the band covers is what counts

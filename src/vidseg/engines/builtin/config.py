@@ -41,8 +41,20 @@ class TrackerConfig:
     # (seeds 0 and 1, averaged: docs/BENCHMARKS.md, "Two networks"); 1 runs seed 0's alone,
     # faster and less accurate.
     members: int = 0
+    # The thin-part refiner (thin_parts.py) redraws, at the frame's resolution, the thin parts
+    # (lines, spokes) of each object whose mask on the frame before has at least this share
+    # of its pixels in parts a few pixels wide; 0 = off. Learned tracker only.
+    thin_parts: float = 0.0
+    # Its weights: "" for the ones that ship with vidseg, or a file written by
+    # training/train_thin_parts.py.
+    thin_parts_weights: str = ""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.thin_parts <= 1:
+            raise ValueError(f"[tracker] thin_parts must be in [0, 1], not {self.thin_parts}")
+        _check_weights_file(
+            "tracker", self.thin_parts_weights, "training/train_thin_parts.py", "thin_parts_weights"
+        )
         if self.kind not in ("learned", "matching"):
             raise ValueError(f"[tracker] kind must be 'learned' or 'matching', not {self.kind!r}")
         for weights in self.weights.split(os.pathsep):

@@ -22,7 +22,7 @@ from vidseg.engines.builtin.encoder import (
 )
 from vidseg.engines.builtin.mask_refiner import LOGIT_LIMIT, MaskRefiner, refine_logit
 from vidseg.engines.builtin.matching_tracker import MatchingTracker
-from vidseg.engines.builtin.network import TrackingNetwork
+from vidseg.engines.builtin.network import TrackingNetwork, thin_parts_weights_path
 from vidseg.engines.builtin.prompt_decoder import (
     PromptDecoder,
     click_pixel,
@@ -32,6 +32,7 @@ from vidseg.engines.builtin.prompt_decoder import (
 )
 from vidseg.engines.builtin.prompt_to_mask import mask_from_prompt
 from vidseg.engines.builtin.readout import frame_keys
+from vidseg.engines.builtin.thin_parts import ThinPartTracker
 from vidseg.engines.builtin.tracker import BuiltinTracker, EnsembleTracker
 from vidseg.io import VideoInfo
 from vidseg.session.prompts import ObjectPrompt
@@ -68,6 +69,7 @@ class BuiltinEngine:
         )
         self._prompt_decoder: PromptDecoder | None = None
         self._mask_refiner: MaskRefiner | None = None
+        self._thin_part_refiner: MaskRefiner | None = None
         self._prompt_encoder = self.encoder if self.config.prompts.encoder == variant else None
         self._prompt_lock = threading.Lock()
 
@@ -109,13 +111,29 @@ class BuiltinEngine:
 
     def new_tracker(
         self, info: VideoInfo, *, reverse: bool = False
-    ) -> BuiltinTracker | EnsembleTracker | MatchingTracker:
+    ) -> BuiltinTracker | EnsembleTracker | ThinPartTracker | MatchingTracker:
         if not self.networks:
             return MatchingTracker(self.encoder, self.config, info)
         members = [
             BuiltinTracker(self.encoder, network, self.config, info) for network in self.networks
         ]
-        return members[0] if len(members) == 1 else EnsembleTracker(members)
+        tracker = members[0] if len(members) == 1 else EnsembleTracker(members)
+        refiner = self.thin_part_refiner
+        if refiner is None:
+            return tracker
+        return ThinPartTracker(tracker, refiner, self.config.tracker.thin_parts)
+
+    @property
+    def thin_part_refiner(self) -> MaskRefiner | None:
+        """The thin-part refiner when ``[tracker] thin_parts`` is on (loaded on first use)."""
+        if self.config.tracker.thin_parts <= 0:
+            return None
+        with self._prompt_lock:
+            if self._thin_part_refiner is None:
+                self._thin_part_refiner = MaskRefiner.pretrained(
+                    self.config.tracker.thin_parts_weights or thin_parts_weights_path()
+                )
+            return self._thin_part_refiner
 
     def mask_from_prompt(
         self, frame: np.ndarray, prompt: ObjectPrompt, previous: np.ndarray | None = None

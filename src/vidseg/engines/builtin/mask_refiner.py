@@ -58,10 +58,15 @@ def refiner_input(
 ) -> torch.Tensor:
     """(1, INPUT_CHANNELS, height, width): ``image`` (RGB uint8, height x width) normalised,
     the coarse probability (from ``coarse_logit``, height x width) and the click maps."""
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
     probability = torch.sigmoid(coarse_logit)[None, None]
     clicks = click_maps(image.shape[:2], points, labels)[None]
-    return torch.cat([(rgb - _MEAN) / _STD, probability, clicks], 1)
+    return torch.cat([normalized_rgb(image), probability, clicks], 1)
+
+
+def normalized_rgb(image: np.ndarray) -> torch.Tensor:
+    """(1, 3, height, width): RGB uint8 ``image`` as a refiner reads it (ImageNet-normalised)."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    return (rgb - _MEAN) / _STD
 
 
 class MaskRefiner(nn.Module):
@@ -71,10 +76,13 @@ class MaskRefiner(nn.Module):
     pixels around each one), back up to stride 1, where the frame's own pixels decide.
     """
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, input_channels: int = INPUT_CHANNELS) -> None:
+        """``width``: channels at stride 2; ``input_channels``: what each pixel brings (the
+        click refiner's :func:`refiner_input`, or the thin-part refiner's
+        :func:`~vidseg.engines.builtin.thin_parts.thin_part_input`)."""
         super().__init__()
         self.down2 = nn.Sequential(
-            nn.Conv2d(INPUT_CHANNELS, width, 3, 2, 1),
+            nn.Conv2d(input_channels, width, 3, 2, 1),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, 1, 1),
             nn.ReLU(inplace=True),
@@ -86,13 +94,13 @@ class MaskRefiner(nn.Module):
         )
         self.up2 = nn.Conv2d(3 * width, width, 3, 1, 1)
         self.up1 = nn.Sequential(
-            nn.Conv2d(width + INPUT_CHANNELS, width // 2, 3, 1, 1),
+            nn.Conv2d(width + input_channels, width // 2, 3, 1, 1),
             nn.ReLU(inplace=True),
             nn.Conv2d(width // 2, 1, 3, 1, 1),
         )
 
     def forward(self, inputs: torch.Tensor, coarse_logit: torch.Tensor) -> torch.Tensor:
-        """``inputs`` (N, INPUT_CHANNELS, H, W) with H and W multiples of 4; ``coarse_logit``
+        """``inputs`` (N, input channels, H, W) with H and W multiples of 4; ``coarse_logit``
         (N, 1, H, W). Returns the refined logit (N, 1, H, W)."""
         x2 = self.down2(inputs)
         x = self.down4(x2)
@@ -105,11 +113,12 @@ class MaskRefiner(nn.Module):
 
     @classmethod
     def pretrained(cls, path: str | Path | None = None) -> MaskRefiner:
-        """The refiner with its shipped weights (or those in ``path``, of any width), in eval
-        mode."""
+        """The refiner with its shipped weights (or those in ``path``, of any width and
+        inputs), in eval mode."""
         path = path or refiner_weights_path()
         state = read_weights(path)
-        return load_frozen(cls(width=state["down2.0.weight"].shape[0]), path, state)
+        width, input_channels = state["down2.0.weight"].shape[:2]
+        return load_frozen(cls(width, input_channels), path, state)
 
 
 def refine_region(

@@ -60,6 +60,11 @@ def refiner_weights_path() -> Path:
     return WEIGHTS_DIR / "mask_refiner.pt"
 
 
+def thin_parts_weights_path() -> Path:
+    """The shipped thin-part refiner's weights (a mask refiner reading the tracker's output)."""
+    return WEIGHTS_DIR / "thin_parts.pt"
+
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 #: The mask decoder's own channels at strides 16, 8 and 4 (the shipped Lite2 weights' widths
