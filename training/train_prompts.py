@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from feature_cache import build_cache
 from procedural_shapes import build_procedural_cache
 from train_tracker import (
-    fit,
+    fit_and_save,
     held_out_folds,
     load_sequences,
     paste_distractor,
     same_scale,
-    save_trained,
     segmentation_loss,
     training_arguments,
     without_held_out,
@@ -282,15 +281,7 @@ def train(arguments: argparse.Namespace) -> None:
                 add_clicks(examples, logits, rng)
         return torch.stack(losses).mean(), ""
 
-    trained = fit(
-        decoder,
-        prompt_loss,
-        arguments.steps,
-        arguments.lr,
-        arguments.ema_decay,
-        arguments.weight_decay,
-    )
-    save_trained(decoder, trained, arguments.output)
+    fit_and_save(decoder, prompt_loss, arguments)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from feature_cache import photometric_jitter, read_sequence, train_sequences
 from train_tracker import (
-    fit,
+    fit_and_save,
     held_out_folds,
-    save_trained,
     segmentation_loss,
     training_arguments,
     without_held_out,
@@ -250,15 +249,7 @@ def train(arguments: argparse.Namespace) -> None:
         refined = refiner(inputs, coarse)
         return segmentation_loss(refined, target, arguments.hard_fraction), ""
 
-    trained = fit(
-        refiner,
-        refiner_loss,
-        arguments.steps,
-        arguments.lr,
-        arguments.ema_decay,
-        arguments.weight_decay,
-    )
-    save_trained(refiner, trained, arguments.output)
+    fit_and_save(refiner, refiner_loss, arguments)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from feature_cache import photometric_jitter, read_sequence, train_sequences
-from train_tracker import fit, held_out_folds, save_trained, training_arguments, without_held_out
+from train_tracker import fit_and_save, held_out_folds, training_arguments, without_held_out
 
 from vidseg.engines.builtin import BuiltinConfig, BuiltinEngine
 from vidseg.engines.builtin.mask_refiner import MaskRefiner
@@ -252,15 +252,7 @@ def train(arguments: argparse.Namespace) -> None:
         inputs, coarse, target, band = (torch.stack(parts) for parts in zip(*examples, strict=True))
         return band_loss(refiner(inputs, coarse), target, band), ""
 
-    trained = fit(
-        refiner,
-        refiner_loss,
-        arguments.steps,
-        arguments.lr,
-        arguments.ema_decay,
-        arguments.weight_decay,
-    )
-    save_trained(refiner, trained, arguments.output)
+    fit_and_save(refiner, refiner_loss, arguments)
 
 
 if __name__ == "__main__":

@@ -663,6 +663,24 @@ def save_trained(module: torch.nn.Module, trained: torch.nn.Module, output: Path
         print(f"wrote {last} (the last step's weights)", flush=True)
 
 
+def fit_and_save(
+    module: torch.nn.Module,
+    batch_loss: Callable[[int], tuple[torch.Tensor, str]],
+    arguments: argparse.Namespace,
+) -> None:
+    """:func:`fit` with the steps, learning rate, weight averaging and decay of the command
+    line (:func:`training_arguments`), then :func:`save_trained` to ``arguments.output``."""
+    trained = fit(
+        module,
+        batch_loss,
+        arguments.steps,
+        arguments.lr,
+        arguments.ema_decay,
+        arguments.weight_decay,
+    )
+    save_trained(module, trained, arguments.output)
+
+
 def train(arguments: argparse.Namespace) -> None:
     torch.manual_seed(arguments.seed)
     torch.set_num_threads(arguments.threads)
@@ -759,15 +777,7 @@ def train(arguments: argparse.Namespace) -> None:
         loss = clip_loss(network, batch, hard_fraction, arguments.absent_mask_loss)
         return loss, f"gap {max_gap:2d}"
 
-    trained = fit(
-        network,
-        batch_loss,
-        arguments.steps,
-        arguments.lr,
-        arguments.ema_decay,
-        arguments.weight_decay,
-    )
-    save_trained(network, trained, arguments.output)
+    fit_and_save(network, batch_loss, arguments)
 
 
 def training_arguments(description: str, steps: int, encoder: str) -> argparse.ArgumentParser:

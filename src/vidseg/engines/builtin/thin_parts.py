@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from vidseg.engines.base import ObjectPrediction, Tracker
 from vidseg.engines.builtin.mask_refiner import LOGIT_LIMIT, MaskRefiner, normalized_rgb
+from vidseg.engines.builtin.tracker import summed_stage_seconds
 
 #: RGB, the tracker's probability, the object's mask on the frame before.
 THIN_PART_INPUTS = 5
@@ -43,8 +44,8 @@ def thin_parts(mask: np.ndarray) -> np.ndarray:
     >>> mask[100:200, 100:200] = True   # a body...
     >>> mask[150:152, 200:400] = True   # ...and a line two pixels wide
     >>> parts = thin_parts(mask)
-    >>> int(parts.sum()), bool(parts[150:152, 250:400].all()), bool(parts[120:180, 120:180].any())
-    (400, True, False)
+    >>> int(parts[150:152, 200:400].sum()), bool(parts[120:180, 120:180].any())
+    (400, False)
     """
     size = max(3, round(_THIN_WIDTH * mask.shape[0]) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
@@ -137,10 +138,7 @@ class ThinPartTracker:
     @property
     def stage_seconds(self) -> dict[str, float]:
         """The inner tracker's seconds per stage, and this one's ("thin parts")."""
-        total = defaultdict(float, getattr(self.inner, "stage_seconds", {}))
-        for stage, seconds in self._seconds.items():
-            total[stage] += seconds
-        return total
+        return summed_stage_seconds([getattr(self.inner, "stage_seconds", {}), self._seconds])
 
     def remember(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -447,6 +447,19 @@ class BuiltinTracker(MemoryTracker):
         )
 
 
+def summed_stage_seconds(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Seconds per stage, summed over several trackers' ``stage_seconds``.
+
+    >>> summed_stage_seconds([{"encoder": 1.0}, {"encoder": 0.5, "decoder": 2.0}])
+    {'encoder': 1.5, 'decoder': 2.0}
+    """
+    total: dict[str, float] = defaultdict(float)
+    for part in parts:
+        for stage, seconds in part.items():
+            total[stage] += seconds
+    return dict(total)
+
+
 def _group_by_memory_entries(
     entries: list[MemoryFrame], object_ids: list[int]
 ) -> dict[frozenset[int], list[int]]:
@@ -479,11 +492,7 @@ class EnsembleTracker:
     @property
     def stage_seconds(self) -> dict[str, float]:
         """Seconds per stage summed over the members (the shared encoder counted once)."""
-        total: dict[str, float] = defaultdict(float)
-        for member in self.members:
-            for stage, seconds in member.stage_seconds.items():
-                total[stage] += seconds
-        return total
+        return summed_stage_seconds(member.stage_seconds for member in self.members)
 
     def remember(
         self,
