@@ -161,3 +161,25 @@ def test_the_shipped_refiner_redraws_lines_the_tracker_lost_on_real_video() -> N
         mask = tracker.predict(1, frames[1])[1].probability >= 0.5
         recall[share] = (mask & lines).sum() / lines.sum()
     assert recall[0.0] < 0.1 and recall[0.05] > 1.5 * recall[0.0], recall
+
+
+class _AddEverywhereReadingThePrompt(_AddEverywhere):
+    input_channels = THIN_PART_INPUTS + 1
+
+    def forward(self, inputs: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        assert inputs.shape[1] == self.input_channels
+        return coarse + 20
+
+
+def test_a_refiner_reading_the_prompt_refines_around_its_thin_parts_once_the_last_mask_has_none():
+    coarse = np.zeros((240, 320), np.float32)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    body = np.zeros((240, 320), bool)
+    body[80:160, 40:120] = True
+    prompt_band = thin_part_band(body_with_line(), 0.02)
+    for refiner, refines in ((_AddEverywhere(), False), (_AddEverywhereReadingThePrompt(), True)):
+        tracker = ThinPartTracker(_FixedTracker(coarse), refiner, 0.02)
+        tracker.remember(0, frame, {1: body_with_line()}, prompted=True)
+        tracker.remember(1, frame, {1: body}, prompted=False)  # the line was lost
+        probability = tracker.predict(2, frame)[1].probability
+        assert (probability[prompt_band] > 0.99).all() == refines

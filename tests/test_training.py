@@ -811,7 +811,7 @@ def test_synthetic_lines_leave_the_object_in_frame_truth_and_previous_mask() -> 
     sequence = _tracked_blob_sequence()
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        frame, truth, previous = train_thin_parts.with_synthetic_lines(
+        frame, truth, previous, _ = train_thin_parts.with_synthetic_lines(
             sequence.frames[1], sequence.masks[1], sequence.masks[0], rng
         )
         added = truth & ~sequence.masks[1]

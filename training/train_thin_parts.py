@@ -95,10 +95,14 @@ def tracked_sequence(
     return TrackedSequence(name, frames, masks, probabilities)
 
 
-def previous_mask(sequence: TrackedSequence, index: int, rng: np.random.Generator) -> np.ndarray:
+def previous_mask(
+    sequence: TrackedSequence, index: int, rng: np.random.Generator, distance: int | None = None
+) -> np.ndarray:
     """A stand-in for the refined mask of the frame before ``index``: a true mask of a frame
-    shortly before, shifted, with some of its thin parts dropped."""
-    distance = int(rng.choice(_PREVIOUS_DISTANCES, p=_PREVIOUS_WEIGHTS))
+    shortly before (or ``distance`` frames before), shifted, with some of its thin parts
+    dropped."""
+    if distance is None:
+        distance = int(rng.choice(_PREVIOUS_DISTANCES, p=_PREVIOUS_WEIGHTS))
     mask = sequence.masks[max(0, index - distance)]
     dx, dy = rng.integers(-_MAX_SHIFT, _MAX_SHIFT + 1, size=2)
     shift = np.float32([[1, 0, dx], [0, 1, dy]])
@@ -132,7 +136,8 @@ def with_synthetic_lines(
     truth: np.ndarray,
     previous: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prompt: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(frame, truth, previous mask) with 1-4 thin lines (ropes, strings, lines of any colour
     and contrast, 1-3 px wide) leaving the object from its border: drawn in the frame and
     the truth, and in the previous mask a few pixels away (the line moved); half the time
@@ -140,8 +145,9 @@ def with_synthetic_lines(
     border = truth & ~(cv2.erode(truth.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     rows, cols = np.nonzero(border)
     if len(rows) == 0:
-        return frame, truth, previous
+        return frame, truth, previous, prompt
     frame, truth, previous = frame.astype(np.float32), truth.copy(), previous.copy()
+    prompt = None if prompt is None else prompt.copy()
     height, width = truth.shape
     lines = [(True, int(rng.integers(1, 5)))] + [(False, 1)] * int(rng.random() < 0.5)
     for attached, count in lines:
@@ -162,7 +168,10 @@ def with_synthetic_lines(
                 truth |= drawn
                 moved = points + rng.uniform(-4, 4, 2) * np.linspace(0.2, 1, 20)[:, None]
                 previous |= _draw((height, width), moved, line_width)
-    return np.clip(frame, 0, 255).astype(np.uint8), truth, previous
+                if prompt is not None:  # further back, moved further
+                    moved = points + rng.uniform(-12, 12, 2) * np.linspace(0.2, 1, 20)[:, None]
+                    prompt |= _draw((height, width), moved, line_width)
+    return np.clip(frame, 0, 255).astype(np.uint8), truth, previous, prompt
 
 
 def samples_of(sequence: TrackedSequence, min_share: float) -> list[int]:
@@ -181,21 +190,30 @@ def crop_example(
     min_share: float,
     rng: np.random.Generator,
     synthetic: bool = False,
+    prompt_input: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(refiner input, coarse logit, true mask, band) of a ``size``-pixel crop around a
     random pixel of the band, with ``synthetic`` lines added to the object
     (:func:`with_synthetic_lines`); None when the drawn previous mask leaves no band."""
     previous = previous_mask(sequence, index, rng)
+    prompt = None
+    if prompt_input:  # the prompt: a true mask up to 60 frames back
+        prompt = previous_mask(sequence, index, rng, int(rng.integers(1, 61)))
     frame, truth = sequence.frames[index], sequence.masks[index]
     if synthetic:
-        frame, truth, previous = with_synthetic_lines(frame, truth, previous, rng)
+        frame, truth, previous, prompt = with_synthetic_lines(frame, truth, previous, rng, prompt)
     band = thin_part_band(previous, min_share)
+    if prompt is not None:
+        prompt_band = thin_part_band(prompt, min_share)
+        if prompt_band is not None:
+            band = prompt_band if band is None else band | prompt_band
     if band is None:
         return None
     probability = sequence.probabilities[index].astype(np.float32) / 255
     if rng.random() < 0.5:
         frame, truth, probability = frame[:, ::-1], truth[:, ::-1], probability[:, ::-1]
         previous, band = previous[:, ::-1], band[:, ::-1]
+        prompt = None if prompt is None else prompt[:, ::-1]
     height, width = truth.shape
     rows, cols = np.nonzero(band)
     pick = int(rng.integers(len(rows)))
@@ -204,7 +222,12 @@ def crop_example(
     window = (slice(top, top + size), slice(left, left + size))
     image = photometric_jitter(np.ascontiguousarray(frame[window]), rng)
     crop_probability = np.ascontiguousarray(probability[window])
-    inputs = thin_part_input(image, crop_probability, np.ascontiguousarray(previous[window]))
+    inputs = thin_part_input(
+        image,
+        crop_probability,
+        np.ascontiguousarray(previous[window]),
+        None if prompt is None else np.ascontiguousarray(prompt[window]),
+    )
     coarse = probability_logit(crop_probability)[None]
     target = torch.from_numpy(np.ascontiguousarray(truth[window])).float()[None]
     weight = torch.from_numpy(np.ascontiguousarray(band[window])).float()[None]
@@ -236,7 +259,8 @@ def train(arguments: argparse.Namespace) -> None:
     sequences = [tracked_sequence(arguments, engine, name) for name in kept]
     samples = [(s, i) for s in sequences for i in samples_of(s, min_share)]
     print(f"{len(samples)} frames with thin parts in {len(sequences)} sequences", flush=True)
-    refiner = MaskRefiner(width=arguments.width, input_channels=THIN_PART_INPUTS)
+    inputs = THIN_PART_INPUTS + int(arguments.prompt_input)
+    refiner = MaskRefiner(width=arguments.width, input_channels=inputs)
 
     def refiner_loss(step: int) -> tuple[torch.Tensor, str]:
         examples = []
@@ -246,7 +270,9 @@ def train(arguments: argparse.Namespace) -> None:
                 index, synthetic = int(rng.integers(1, len(sequence.frames))), True
             else:
                 (sequence, index), synthetic = samples[int(rng.integers(len(samples)))], False
-            example = crop_example(sequence, index, arguments.crop, min_share, rng, synthetic)
+            example = crop_example(
+                sequence, index, arguments.crop, min_share, rng, synthetic, arguments.prompt_input
+            )
             if example is not None:
                 examples.append(example)
         inputs, coarse, target, band = (torch.stack(parts) for parts in zip(*examples, strict=True))
@@ -271,6 +297,12 @@ if __name__ == "__main__":
         default=0.5,
         help="share of samples that are any train frame with synthetic lines drawn from its "
         "object (the train sequences have few real thin parts)",
+    )
+    parser.add_argument(
+        "--prompt-input",
+        action="store_true",
+        help="the refiner also reads the object's mask on its nearest prompted frame (drawn "
+        "from 1-60 frames back in training), and refines around its thin parts too",
     )
     parser.add_argument("--crop", type=int, default=256, help="training crops, pixels a side")
     parser.add_argument("--width", type=int, default=16, help="the refiner's channels at stride 2")

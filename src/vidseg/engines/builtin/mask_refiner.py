@@ -99,6 +99,11 @@ class MaskRefiner(nn.Module):
             nn.Conv2d(width // 2, 1, 3, 1, 1),
         )
 
+    @property
+    def input_channels(self) -> int:
+        """How many maps each input pixel has."""
+        return self.down2[0].in_channels
+
     def forward(self, inputs: torch.Tensor, coarse_logit: torch.Tensor) -> torch.Tensor:
         """``inputs`` (N, input channels, H, W) with H and W multiples of 4; ``coarse_logit``
         (N, 1, H, W). Returns the refined logit (N, 1, H, W)."""

@@ -67,11 +67,17 @@ def thin_part_band(mask: np.ndarray, min_share: float) -> np.ndarray | None:
 
 
 def thin_part_input(
-    image: np.ndarray, probability: np.ndarray, previous: np.ndarray
+    image: np.ndarray,
+    probability: np.ndarray,
+    previous: np.ndarray,
+    prompt: np.ndarray | None = None,
 ) -> torch.Tensor:
     """(1, THIN_PART_INPUTS, height, width): ``image`` (RGB uint8) normalised, the tracker's
-    ``probability`` and the object's ``previous`` mask (bool), all of one size."""
-    maps = torch.from_numpy(np.stack([probability, previous]).astype(np.float32))[None]
+    ``probability`` and the object's ``previous`` mask (bool), all of one size; with
+    ``prompt`` (the object's mask on its nearest prompted frame, for a refiner trained with
+    ``--prompt-input``) one channel more."""
+    planes = [probability, previous] + ([] if prompt is None else [prompt])
+    maps = torch.from_numpy(np.stack(planes).astype(np.float32))[None]
     return torch.cat([normalized_rgb(image), maps], 1)
 
 
@@ -100,12 +106,14 @@ def refine_thin_parts(
     probability: np.ndarray,
     previous: np.ndarray,
     band: np.ndarray,
+    prompt: np.ndarray | None = None,
 ) -> np.ndarray:
     """``probability`` (the tracker's, full resolution) redrawn by ``refiner`` inside
     ``band``, from the frame's pixels and the object's ``previous`` mask; unchanged outside."""
     top, bottom, left, right = bounding_box(band)
     window = (slice(top, bottom), slice(left, right))
-    inputs = thin_part_input(frame[window], probability[window], previous[window])
+    prompt = None if prompt is None else prompt[window]
+    inputs = thin_part_input(frame[window], probability[window], previous[window], prompt)
     coarse = probability_logit(probability[window])[None, None]
     height, width = bottom - top, right - left
     pad = (0, -width % 4, 0, -height % 4)
@@ -134,6 +142,7 @@ class ThinPartTracker:
         self._last_masks: dict[int, np.ndarray] = {}
         self._prompted_masks: dict[int, Mapping[int, np.ndarray]] = {}
         self._seconds: dict[str, float] = defaultdict(float)
+        self._reads_prompt = getattr(refiner, "input_channels", THIN_PART_INPUTS) > THIN_PART_INPUTS
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -159,6 +168,10 @@ class ThinPartTracker:
         prompted frame nearest to ``frame_index``."""
         if obj in self._last_masks:
             return self._last_masks[obj]
+        return self._nearest_prompt(obj, frame_index)
+
+    def _nearest_prompt(self, obj: int, frame_index: int) -> np.ndarray | None:
+        """``obj``'s mask on the prompted frame nearest to ``frame_index`` (None: none)."""
         prompted = [index for index, masks in self._prompted_masks.items() if obj in masks]
         if not prompted:
             return None
@@ -171,15 +184,26 @@ class ThinPartTracker:
         refined = {}
         for obj, prediction in predictions.items():
             previous = self._previous_mask(obj, frame_index)
-            band = None
+            band, prompt = None, None
             if previous is not None and prediction.presence >= 0.5:
                 band = thin_part_band(previous, self.min_share)
+                if self._reads_prompt:
+                    # The prompt's thin parts keep the refiner going where the last mask's
+                    # have faded.
+                    prompt = self._nearest_prompt(obj, frame_index)
+                    band = _union(band, thin_part_band(prompt, self.min_share))
             if band is None:
                 refined[obj] = prediction
                 continue
             probability = refine_thin_parts(
-                self.refiner, frame, prediction.probability, previous, band
+                self.refiner, frame, prediction.probability, previous, band, prompt
             )
             refined[obj] = ObjectPrediction(probability, prediction.presence)
         self._seconds["thin parts"] += (cv2.getTickCount() - started) / cv2.getTickFrequency()
         return refined
+
+
+def _union(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return first | second
