@@ -75,6 +75,8 @@ class _FixedTracker:
 class _AddEverywhere(torch.nn.Module):
     """A refiner that raises every logit by 20 (so its reach shows in the output)."""
 
+    input_channels = THIN_PART_INPUTS
+
     def forward(self, inputs: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         assert inputs.shape[1] == THIN_PART_INPUTS and inputs.shape[-1] % 4 == 0
         return coarse + 20

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -81,7 +82,11 @@ def tracked_sequence(
 ) -> TrackedSequence:
     pairs = list(read_sequence(arguments.davis_root, name))
     frames, masks = np.stack([f for f, _ in pairs]), np.stack([m for _, m in pairs])
-    tag = hashlib.sha1(arguments.tracker_weights.encode()).hexdigest()[:8]
+    # Named by the networks' bytes, so that retrained weights never meet stale outputs.
+    digest = hashlib.sha1()
+    for weights in engine.config.tracker.weights_files(engine.config.encoder.variant):
+        digest.update(Path(weights).read_bytes())
+    tag = digest.hexdigest()[:8]
     path = arguments.cache_dir / "thin_parts" / f"{name}-{tag}.npz"
     if path.exists():
         probabilities = np.load(path)["probabilities"]

@@ -71,7 +71,8 @@ class BuiltinEngine:
         self._mask_refiner: MaskRefiner | None = None
         self._thin_part_refiner: MaskRefiner | None = None
         self._prompt_encoder = self.encoder if self.config.prompts.encoder == variant else None
-        self._prompt_lock = threading.Lock()
+        # Guards the parts loaded on first use (prompt decoder, refiners).
+        self._loading_lock = threading.Lock()
 
     @property
     def prompt_decoder(self) -> PromptDecoder | None:
@@ -79,7 +80,7 @@ class BuiltinEngine:
         first use), else None: clicks and boxes then go through GrabCut."""
         if self.config.prompts.decoder != "learned":
             return None
-        with self._prompt_lock:
+        with self._loading_lock:
             if self._prompt_decoder is None:
                 encoder = self.config.prompts.encoder
                 self._prompt_decoder = PromptDecoder.pretrained(
@@ -94,7 +95,7 @@ class BuiltinEngine:
         """The learned mask refiner when ``[prompts] refine`` is on (loaded on first use)."""
         if not self.config.prompts.refine:
             return None
-        with self._prompt_lock:
+        with self._loading_lock:
             if self._mask_refiner is None:
                 self._mask_refiner = MaskRefiner.pretrained(
                     self.config.prompts.refiner_weights or None
@@ -128,7 +129,7 @@ class BuiltinEngine:
         """The thin-part refiner when ``[tracker] thin_parts`` is on (loaded on first use)."""
         if self.config.tracker.thin_parts <= 0:
             return None
-        with self._prompt_lock:
+        with self._loading_lock:
             if self._thin_part_refiner is None:
                 self._thin_part_refiner = MaskRefiner.pretrained(
                     self.config.tracker.thin_parts_weights or thin_parts_weights_path()

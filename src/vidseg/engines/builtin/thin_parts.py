@@ -15,6 +15,7 @@ nothing runs.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -142,7 +143,7 @@ class ThinPartTracker:
         self._last_masks: dict[int, np.ndarray] = {}
         self._prompted_masks: dict[int, Mapping[int, np.ndarray]] = {}
         self._seconds: dict[str, float] = defaultdict(float)
-        self._reads_prompt = getattr(refiner, "input_channels", THIN_PART_INPUTS) > THIN_PART_INPUTS
+        self._reads_prompt = refiner.input_channels > THIN_PART_INPUTS
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -180,7 +181,7 @@ class ThinPartTracker:
 
     def predict(self, frame_index: int, frame: np.ndarray) -> dict[int, ObjectPrediction]:
         predictions = self.inner.predict(frame_index, frame)
-        started = cv2.getTickCount()
+        started = time.perf_counter()
         refined = {}
         for obj, prediction in predictions.items():
             previous = self._previous_mask(obj, frame_index)
@@ -199,7 +200,7 @@ class ThinPartTracker:
                 self.refiner, frame, prediction.probability, previous, band, prompt
             )
             refined[obj] = ObjectPrediction(probability, prediction.presence)
-        self._seconds["thin parts"] += (cv2.getTickCount() - started) / cv2.getTickFrequency()
+        self._seconds["thin parts"] += time.perf_counter() - started
         return refined
 
 
